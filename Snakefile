@@ -1,0 +1,38 @@
+# conceptscope: explain what vision models learn, with five concept methods over one activation store.
+#
+#   snakemake --cores all                         # the embedded default run (config.yaml)
+#   snakemake --cores all --configfile configs/test.yaml
+#   snakemake --profile profiles/slurm            # the same workflow on a SLURM cluster
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from conceptscope.config import ConfigError, resolve_config  # noqa: E402
+
+# config.yaml is the default; a --configfile given on the command line replaces it entirely
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+try:
+    config = resolve_config(dict(config), base_dir=Path.cwd())
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}") from None
+# the clear-message pass above has already filled every default; this is the schema's second opinion
+validate(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

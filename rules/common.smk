@@ -1,0 +1,54 @@
+# Shared helpers: result paths, wildcard constraints and input functions.
+import json
+
+RESULTS = config["results"]
+DATASETS = config["datasets"]
+MODELS = config["models"]
+TRAINED = sorted(m for m, spec in MODELS.items() if spec["weights"] == "train")
+IMPORTED = sorted(m for m, spec in MODELS.items() if spec["weights"] != "train")
+
+
+def _alternatives(names):
+    """A regex matching exactly the given names (never matches anything when empty)."""
+    return "|".join(sorted(names)) or "(?!x)x"
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    model=_alternatives(MODELS),
+
+
+def result(*parts):
+    return str(Path(RESULTS, *parts))
+
+
+def dataset_dir(name):
+    return result("data", name)
+
+
+def model_files(name):
+    return {"weights": result("models", name, "weights.pt"), "info": result("models", name, "model.json")}
+
+
+def eval_pairs():
+    """(dataset, model) pairs that get predictions, in config order."""
+    return [(ds, model) for model, spec in MODELS.items() for ds in spec["eval_datasets"]]
+
+
+def model_params(name):
+    """Everything that determines a model's weights; a change reruns only this model's jobs."""
+    spec = MODELS[name]
+    from conceptscope.config import model_num_classes
+
+    return {
+        "arch": spec["arch"],
+        "weights": spec["weights"],
+        "num_classes": model_num_classes(spec, DATASETS),
+        "preprocess": spec["preprocess"],
+        "train": spec["train"] if spec["weights"] == "train" else None,
+        "train_dataset": spec["train_dataset"],
+    }
+
+
+def all_targets():
+    return [result("tables", "models.csv")]

@@ -1,0 +1,16 @@
+# Datasets: images, labels, splits, object boxes and planted-shortcut watermark boxes.
+
+
+rule prepare_dataset:
+    output:
+        directory(result("data", "{dataset}")),
+    params:
+        spec=lambda w: DATASETS[w.dataset],
+    log:
+        result("logs", "prepare_dataset", "{dataset}.log"),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    cache: "omit-software"
+    script:
+        "../workflow_scripts/prepare_dataset.py"

@@ -1,0 +1,71 @@
+# Models: train the small nets, import pretrained or file weights, predict every evaluation split.
+
+
+rule train_model:
+    input:
+        data=lambda w: dataset_dir(MODELS[w.model]["train_dataset"]),
+    output:
+        **model_files("{model}"),
+        log_csv=result("models", "{model}", "train_log.csv"),
+    params:
+        spec=lambda w: model_params(w.model),
+        device=config["device"],
+    wildcard_constraints:
+        model=_alternatives(TRAINED),
+    log:
+        result("logs", "train_model", "{model}.log"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../workflow_scripts/train_model.py"
+
+
+rule import_model:
+    output:
+        **model_files("{model}"),
+    params:
+        spec=lambda w: model_params(w.model),
+    wildcard_constraints:
+        model=_alternatives(IMPORTED),
+    log:
+        result("logs", "import_model", "{model}.log"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/import_model.py"
+
+
+rule predict:
+    input:
+        data=dataset_dir("{dataset}"),
+        **model_files("{model}"),
+    output:
+        result("predictions", "{dataset}", "{model}.parquet"),
+    params:
+        predict=config["predict"],
+        device=config["device"],
+    log:
+        result("logs", "predict", "{dataset}", "{model}.log"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../workflow_scripts/predict.py"
+
+
+rule summarize_models:
+    input:
+        predictions=[result("predictions", ds, f"{model}.parquet") for ds, model in eval_pairs()],
+    output:
+        result("tables", "models.csv"),
+    params:
+        pairs=[{"dataset": ds, "model": model, "train_dataset": MODELS[model]["train_dataset"]} for ds, model in eval_pairs()],
+        shortcut_classes={ds: (spec["shortcut"] or {}).get("class") for ds, spec in DATASETS.items()},
+    log:
+        result("logs", "summarize_models.log"),
+    script:
+        "../workflow_scripts/summarize_models.py"

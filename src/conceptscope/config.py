@@ -1,0 +1,211 @@
+"""Configuration: JSON-schema validation with one clear message per error, defaults, and semantic checks.
+
+    config = resolve_config(yaml.safe_load(open("config.yaml")))
+
+The Snakefile runs the same checks before the DAG is built (and `snakemake.utils.validate` on the
+same schema), so a bad config stops before any job runs and before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what is expected."""
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    """The config JSON schema (YAML file)."""
+    path = Path(path) if path else SCHEMA_PATH
+    if not path.is_file():
+        raise ConfigError(f"config schema not found at {path}")
+    return yaml.safe_load(path.read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe_expected(error: jsonschema.ValidationError) -> str:
+    schema = error.schema
+    validator = error.validator
+    if validator == "type":
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return "expected " + " or ".join("null" if k == "null" else k for k in kinds)
+    if validator == "enum":
+        return f"expected one of {schema['enum']}"
+    if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        symbol = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
+        return f"expected a number {symbol} {schema[validator]}"
+    if validator == "pattern":
+        return f"expected a string matching {schema['pattern']}"
+    return error.message
+
+
+def _format_error(error: jsonschema.ValidationError) -> str:
+    """One sentence naming the config key, what is wrong and what is expected."""
+    if error.validator == "oneOf" and error.context:
+        # `null` or an object: report the error from the object branch, it is the informative one
+        deepest = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+        return _format_error(deepest)
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config key '{key}': unknown key(s) {extra}; allowed keys are {allowed}"
+    if error.validator == "required":
+        missing = [k for k in error.schema["required"] if k not in error.instance]
+        return f"config key '{key}': missing required key(s) {missing}"
+    if error.validator == "propertyNames":
+        return f"config key '{key}': name {error.instance!r} is not allowed; names use letters, digits, '_' and '-'"
+    description = error.schema.get("description", "").strip().split(". ")[0]
+    hint = f" ({description})" if description else ""
+    return f"config key '{key}': {_describe_expected(error)}, got {error.instance!r}{hint}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    """Insert schema defaults for missing keys, recursively (objects, their named entries, $refs)."""
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[-1]
+        schema = root["$defs"][ref]
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance:
+            _fill_defaults(instance[name], sub, root)
+    additional = schema.get("additionalProperties")
+    if isinstance(additional, dict):
+        for name, value in instance.items():
+            if name not in schema.get("properties", {}):
+                _fill_defaults(value, additional, root)
+    for branch in schema.get("oneOf", []):  # e.g. shortcut: null or an object
+        if "$ref" in branch or branch.get("type") == "object":
+            _fill_defaults(instance, branch, root)
+
+
+def validate_schema(config: dict, schema: dict | None = None) -> dict:
+    """Check `config` against the schema; return a copy with every default filled in."""
+    schema = schema or load_schema()
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping of keys to values, got {type(config).__name__}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        raise ConfigError(_format_error(errors[0]))
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema, schema)
+    return filled
+
+
+# --------------------------------------------------------------------------------------------
+# Semantic checks: names, files and layers that the schema cannot see
+
+IMAGEFOLDER_ONLY = ("root", "train_dir", "test_dir", "label_map", "boxes")
+
+
+def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
+    from .data import num_classes_of
+
+    key = f"datasets.{name}"
+    if spec["kind"] != "imagefolder":
+        given = [k for k in IMAGEFOLDER_ONLY if k in raw]
+        if given:
+            raise ConfigError(f"config key '{key}.{given[0]}': only used by kind 'imagefolder', this dataset is {spec['kind']!r}")
+    else:
+        if not spec.get("root"):
+            raise ConfigError(f"config key '{key}.root': kind 'imagefolder' needs the path of the image directory")
+        root = (base / spec["root"]).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"config key '{key}.root': directory {root} does not exist")
+        if not spec.get("train_dir") and not spec.get("test_dir"):
+            raise ConfigError(f"config key '{key}': set train_dir or test_dir (both are null)")
+        for sub in ("train_dir", "test_dir"):
+            if spec.get(sub) and not (root / spec[sub]).is_dir():
+                raise ConfigError(f"config key '{key}.{sub}': directory {root / spec[sub]} does not exist")
+        if spec.get("boxes") and not (base / spec["boxes"]).expanduser().is_file():
+            raise ConfigError(f"config key '{key}.boxes': file {base / spec['boxes']} does not exist")
+    shortcut = spec.get("shortcut")
+    if shortcut:
+        if spec["kind"] == "photos":
+            raise ConfigError(f"config key '{key}.shortcut': kind 'photos' has no training images to plant a shortcut in")
+        resolved = {**spec, "root": str((base / spec["root"]).expanduser())} if spec.get("root") else spec
+        n_classes = num_classes_of(resolved)
+        if shortcut["class"] >= n_classes:
+            raise ConfigError(f"config key '{key}.shortcut.class': expected a label index below {n_classes}, got {shortcut['class']}")
+
+
+def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
+    from .models import ModelError, build_model, get_arch, get_layer, resolve_preprocess, weights_file
+
+    key = f"models.{name}"
+    try:
+        get_arch(spec["arch"])
+    except ModelError as err:
+        raise ConfigError(f"config key '{key}.arch': {err}") from None
+    for ref_key in ("train_dataset",):
+        if spec[ref_key] is not None and spec[ref_key] not in datasets:
+            raise ConfigError(f"config key '{key}.{ref_key}': unknown dataset {spec[ref_key]!r}; defined datasets are {sorted(datasets)}")
+    for ds in spec["eval_datasets"]:
+        if ds not in datasets:
+            raise ConfigError(f"config key '{key}.eval_datasets': unknown dataset {ds!r}; defined datasets are {sorted(datasets)}")
+    if spec["weights"] == "train" and spec["train_dataset"] is None:
+        raise ConfigError(f"config key '{key}.train_dataset': weights 'train' needs the name of a dataset to train on")
+    if not spec["eval_datasets"] and spec["train_dataset"] is None:
+        raise ConfigError(f"config key '{key}.eval_datasets': name at least one dataset to evaluate on")
+    weights = spec["weights"]
+    if weights not in ("train", "random", "packaged"):
+        weights = str((base / weights).expanduser())
+    try:
+        weights_file(spec["arch"], weights)
+        preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
+    except ModelError as err:
+        raise ConfigError(f"config key '{key}.weights' / '{key}.preprocess': {err}") from None
+    model = build_model(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"])
+    for layer in spec["layers"]:
+        try:
+            get_layer(model, layer)
+        except ModelError as err:
+            raise ConfigError(f"config key '{key}.layers': {err}") from None
+
+
+def model_num_classes(spec: dict, datasets: dict) -> int:
+    """Output classes of a model spec: explicit, else the train dataset's, else ImageNet's 1000."""
+    from .data import num_classes_of
+
+    if spec.get("num_classes"):
+        return int(spec["num_classes"])
+    if spec.get("train_dataset") and spec.get("weights") in ("train", "random"):
+        return num_classes_of(datasets[spec["train_dataset"]])
+    return 1000
+
+
+def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
+    """Validate a raw config fully (schema, names, paths, layers) and return it with defaults filled.
+
+    Relative data and weight paths are resolved against `base_dir` (the working directory).
+    """
+    config = validate_schema(raw)
+    base = Path(base_dir)
+    for name, spec in config["datasets"].items():
+        _check_dataset(name, raw["datasets"][name], spec, base)
+        if spec.get("root"):
+            spec["root"] = str((base / spec["root"]).expanduser().resolve())
+        if spec.get("boxes"):
+            spec["boxes"] = str((base / spec["boxes"]).expanduser().resolve())
+    for name, spec in config["models"].items():
+        _check_model(name, spec, config["datasets"], base)
+        if spec["weights"] not in ("train", "random", "packaged"):
+            spec["weights"] = str((base / spec["weights"]).expanduser().resolve())
+        if not spec["eval_datasets"]:
+            spec["eval_datasets"] = [spec["train_dataset"]]
+    return config

