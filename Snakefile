@@ -30,6 +30,7 @@ validate(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
+include: "rules/activations.smk"
 
 
 rule all:

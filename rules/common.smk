@@ -50,5 +50,13 @@ def model_params(name):
     }
 
 
+def explained_pairs():
+    """(dataset, model) pairs whose hidden layers are stored: models with `layers`, on their eval datasets."""
+    return [(ds, model) for ds, model in eval_pairs() if MODELS[model]["layers"]]
+
+
 def all_targets():
-    return [result("tables", "models.csv")]
+    targets = [result("tables", "models.csv")]
+    for ds, model in explained_pairs():
+        targets += [result("activations", ds, model), result("crops", ds, model)]
+    return targets

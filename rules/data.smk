@@ -11,6 +11,5 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
         runtime=60,
-    cache: "omit-software"
     script:
         "../workflow_scripts/prepare_dataset.py"

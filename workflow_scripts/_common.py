@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+if not sys.stderr.isatty():  # progress bars into log files: one update every 30 s, not every step
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 def setup(snakemake) -> logging.Logger:
@@ -17,3 +21,15 @@ def setup(snakemake) -> logging.Logger:
 
     set_threads(snakemake.threads)
     return logging.getLogger(f"conceptscope.{snakemake.rule}")
+
+
+def selected_rows(data, selection: dict, predictions: list[str]):
+    """Manifest rows chosen by a `selection` config block (split, per_class, by)."""
+    import pandas as pd
+
+    from conceptscope.activations import select_images
+
+    splits = ["train", "test"] if selection["split"] == "all" else [selection["split"]]
+    rows = pd.concat([data.split(s) for s in splits])
+    preds = pd.concat([pd.read_parquet(p) for p in predictions]) if predictions else None
+    return select_images(rows, per_class=selection["per_class"], by=selection["by"], predictions=preds)

@@ -18,7 +18,7 @@ transform = build_transform(info["preprocess"])
 data = PreparedDataset(sm.input.data)
 opts = sm.params.predict
 frames = []
-for split in ("test", "test_watermarked"):
+for split in opts["splits"]:
     subset = data.torch_dataset(split, transform)
     if not len(subset):
         continue
@@ -27,6 +27,6 @@ for split in ("test", "test_watermarked"):
     frames.append(frame)
     log.info("%s/%s: %d images predicted", sm.wildcards.dataset, split, len(frame))
 if not frames:
-    raise ValueError(f"dataset {sm.wildcards.dataset!r} has no test images to predict")
+    raise ValueError(f"dataset {sm.wildcards.dataset!r} has no images in the splits {opts['splits']} to predict")
 with atomic_path(sm.output[0]) as tmp:
     pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)

@@ -178,6 +178,15 @@ def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
             raise ConfigError(f"config key '{key}.layers': {err}") from None
 
 
+def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> None:
+    if selection["by"] != "prediction":
+        return
+    needed = ["train", "test"] if selection["split"] == "all" else [selection["split"]]
+    missing = [s for s in needed if s not in predict_splits]
+    if missing:
+        raise ConfigError(f"config key '{key}.by': selecting by predicted class needs predictions of split(s) {missing}; add them to predict.splits")
+
+
 def model_num_classes(spec: dict, datasets: dict) -> int:
     """Output classes of a model spec: explicit, else the train dataset's, else ImageNet's 1000."""
     from .data import num_classes_of
@@ -208,4 +217,8 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
             spec["weights"] = str((base / spec["weights"]).expanduser().resolve())
         if not spec["eval_datasets"]:
             spec["eval_datasets"] = [spec["train_dataset"]]
+        if spec["selection"]:
+            _check_selection(f"models.{name}.selection", spec["selection"], config["predict"]["splits"])
+    _check_selection("activations.selection", config["activations"]["selection"], config["predict"]["splits"])
+    _check_selection("crops.selection", config["crops"]["selection"], config["predict"]["splits"])
     return config

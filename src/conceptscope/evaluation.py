@@ -10,6 +10,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 
+TEST_SPLITS = ("test", "test_watermarked")
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -59,12 +62,13 @@ def _accuracy(frame: pd.DataFrame) -> float:
 
 
 def summarize_predictions(predictions: pd.DataFrame, shortcut_class: int | None) -> pd.DataFrame:
-    """Rows per split (test, test_watermarked): top1, top1_non_shortcut, shortcut_rate.
+    """Rows per test split (test, test_watermarked): top1, top1_non_shortcut, shortcut_rate.
 
     top1 counts labelled images only (label >= 0). With a shortcut class: top1_non_shortcut is the
     accuracy on the other classes, and shortcut_rate the share of watermarked test images of the
     other classes predicted as the shortcut class (the same value on both rows).
     """
+    predictions = predictions[predictions["split"].isin(TEST_SPLITS)]
     rows = []
     rate = float("nan")
     if shortcut_class is not None:

@@ -52,6 +52,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed writer of this output
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     tmp = _temporary_sibling(path)
     try:
         yield tmp

@@ -1,0 +1,156 @@
+"""Hidden-layer activations: forward hooks on several layers in one pass, streamed into Zarr stores.
+
+    rows = select_images(data.split("test"), per_class=50)
+    extract_activations(model, data, rows, ["features.14", "features.18"], transform, out_dir)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ImageDataset, PreparedDataset
+from .models import get_layer
+from .store import RowStoreWriter, layer_store_name
+from .utils import atomic_path, library_versions
+
+SELECT_BY = ("label", "prediction")
+
+
+def select_images(
+    rows: pd.DataFrame,
+    *,
+    per_class: int | None = None,
+    by: str = "label",
+    predictions: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Manifest rows to store: all of them, or the first `per_class` per label or per predicted class.
+
+    `by="prediction"` groups by the model's predicted class (the concept methods' choice: the paper
+    explains what the model *predicts* as A); `predictions` must then hold image_id and pred.
+    The result keeps manifest order and gains a `group` column (the class it was selected for).
+    """
+    if by not in SELECT_BY:
+        raise ValueError(f"unknown selection 'by' {by!r}; expected one of {SELECT_BY}")
+    rows = rows.copy()
+    if by == "prediction":
+        if predictions is None:
+            raise ValueError("selection by prediction needs the model's predictions")
+        pred = predictions.drop_duplicates("image_id").set_index("image_id")["pred"]
+        missing = ~rows["image_id"].isin(pred.index)
+        if missing.any():
+            raise ValueError(f"{int(missing.sum())} selected images have no prediction (predict that split first)")
+        rows["group"] = rows["image_id"].map(pred).astype(np.int64)
+    else:
+        rows["group"] = rows["label"].astype(np.int64)
+    if per_class:
+        rows = rows.groupby("group", sort=False, group_keys=False).head(per_class)
+    return rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+class LayerRecorder:
+    """Forward hooks that keep the latest output of each named layer (detached)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]):
+        self.model = model
+        self.layers = list(layers)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            self.outputs[name] = output.detach()
+
+        return hook
+
+    def __enter__(self) -> "LayerRecorder":
+        for name in self.layers:
+            self._handles.append(get_layer(self.model, name).register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@contextmanager
+def _writers(out_dir: Path, layers: Sequence[str], n_rows: int, attrs: dict, **store_kw) -> Iterator[dict[str, RowStoreWriter]]:
+    writers = {}
+    try:
+        for layer in layers:
+            writers[layer] = RowStoreWriter(out_dir / layer_store_name(layer), n_rows, attrs={**attrs, "layer": layer}, **store_kw)
+        yield writers
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+
+
+@torch.no_grad()
+def extract_activations(
+    model: nn.Module,
+    data: PreparedDataset,
+    rows: pd.DataFrame,
+    layers: Sequence[str],
+    transform,
+    out_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    chunk_images: int = 32,
+    compression: str = "zstd",
+    compression_level: int = 3,
+    device: torch.device | str = "cpu",
+    attrs: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """One forward pass over `rows`, writing `out_dir/{layer}.zarr` for every layer.
+
+    Each store holds `activations` (N, C, h, w) in `dtype`, chunked by `chunk_images` images, plus
+    `image_id`, `label` and `group`. `out_dir` is written atomically: it appears only when every
+    layer's store is complete.
+    """
+    if not len(rows):
+        raise ValueError(f"no images selected from {data.path} for activations; check the selection settings")
+    model = model.to(device).eval()
+    subset = ImageDataset(data, rows, transform)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    groups = rows["group"].to_numpy() if "group" in rows else rows["label"].to_numpy()
+    provenance = {
+        "kind": "activations",
+        "dtype": dtype,
+        "n_images": len(rows),
+        "versions": {**library_versions(), "zarr": __import__("zarr").__version__},
+        **(attrs or {}),
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        store_kw = dict(chunk_rows=chunk_images, dtypes={"activations": dtype}, compression=compression, compression_level=compression_level)
+        with LayerRecorder(model, layers) as recorder, _writers(tmp, layers, len(rows), provenance, **store_kw) as writers:
+            start = 0
+            for images, labels, image_ids in tqdm(loader, desc="activations", disable=not progress, leave=False):
+                model(images.to(device))
+                stop = start + len(labels)
+                for layer, writer in writers.items():
+                    writer.append(
+                        activations=recorder.outputs[layer].float().cpu().numpy(),
+                        image_id=image_ids.numpy().astype(np.int64),
+                        label=labels.numpy().astype(np.int64),
+                        group=groups[start:stop].astype(np.int64),
+                    )
+                start = stop
+    return {layer: out_dir / layer_store_name(layer) for layer in layers}

@@ -1,0 +1,226 @@
+"""Zarr stores of per-image rows (activation maps, crop vectors): streaming writer and readers.
+
+A store is a Zarr v3 group of arrays that share their first axis (rows: images or crops), chunked
+along it and compressed. The writer streams rows in chunk-aligned blocks from a background thread,
+so memory is bounded by a chunk and compression overlaps the forward passes. A store is finished
+only when its `complete` attribute is true; it is written under a temporary name by its caller
+(see `conceptscope.utils.atomic_path`), so an interrupted job never leaves a store that looks done.
+
+    store = open_activations("results", "digits_shortcut", "vgg_shortcut", "features.7")
+    acts = store.dask()            # (N, C, h, w), lazily read chunk by chunk
+    store.image_ids                # (N,) manifest image ids
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+COMPRESSIONS = ("zstd", "lz4", "none")
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete or not what the reader expects."""
+
+
+def _compressors(compression: str, level: int):
+    if compression == "zstd":
+        return [ZstdCodec(level=level)]
+    if compression == "lz4":
+        return [BloscCodec(cname="lz4", clevel=level, shuffle="shuffle")]
+    if compression == "none":
+        return None
+    raise StoreError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+
+
+class RowStoreWriter:
+    """Write arrays that share a first axis of `n_rows` rows into a new Zarr group at `path`.
+
+    Rows must be appended in order; each array is created on the first append from the row shape
+    and dtype given in `dtypes` (or the data's own). `close()` flushes, then marks the store complete.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_rows: int,
+        *,
+        chunk_rows: int = 64,
+        dtypes: dict[str, str] | None = None,
+        compression: str = "zstd",
+        compression_level: int = 3,
+        attrs: dict[str, Any] | None = None,
+        queue_size: int = 4,
+    ):
+        self.path = Path(path)
+        self.n_rows = int(n_rows)
+        self.chunk_rows = max(1, int(chunk_rows))
+        self.dtypes = dtypes or {}
+        self.compressors = _compressors(compression, compression_level)
+        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        self.group.attrs.update({**(attrs or {}), "n_rows": self.n_rows, "complete": False})
+        self.arrays: dict[str, zarr.Array] = {}
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0
+        self._written = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _create(self, name: str, sample: np.ndarray) -> None:
+        dtype = np.dtype(self.dtypes.get(name, sample.dtype))
+        self.arrays[name] = self.group.create_array(
+            name,
+            shape=(self.n_rows, *sample.shape[1:]),
+            chunks=(self.chunk_rows, *sample.shape[1:]),
+            dtype=dtype,
+            compressors=self.compressors,
+            fill_value=0,
+        )
+
+    def append(self, **columns: np.ndarray) -> None:
+        """Append the next rows: one array per name, all with the same number of rows."""
+        if self._error:
+            raise self._error
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise StoreError(f"appended arrays differ in row count: { {k: len(v) for k, v in columns.items()} }")
+        (n,) = lengths
+        if self._written + self._buffered + n > self.n_rows:
+            raise StoreError(f"{self.path}: more than the declared {self.n_rows} rows appended")
+        for name, value in columns.items():
+            value = np.asarray(value)
+            if name not in self.arrays:
+                self._create(name, value)
+            self._buffers.setdefault(name, []).append(value.astype(self.arrays[name].dtype, copy=False))
+        self._buffered += n
+        while self._buffered >= self.chunk_rows:
+            self._flush(self.chunk_rows * (self._buffered // self.chunk_rows))
+
+    def _flush(self, n: int) -> None:
+        block = {}
+        for name, parts in self._buffers.items():
+            data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            block[name] = data[:n]
+            rest = data[n:]
+            self._buffers[name] = [rest] if len(rest) else []
+        self._queue.put((self._written, block))
+        self._written += n
+        self._buffered -= n
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                start, block = item
+                try:
+                    for name, data in block.items():
+                        self.arrays[name][start : start + len(data)] = data
+                except BaseException as err:  # surfaced in append()/close()
+                    self._error = err
+
+    def close(self) -> None:
+        """Write the remaining rows, wait for the writer thread, and mark the store complete."""
+        if self._buffered:
+            self._flush(self._buffered)
+        self._queue.put(None)
+        self._thread.join()
+        if self._error:
+            raise self._error
+        if self._written != self.n_rows:
+            raise StoreError(f"{self.path}: {self._written} rows written, {self.n_rows} declared")
+        self.group.attrs["complete"] = True
+
+    def abort(self) -> None:
+        """Stop the writer thread without marking the store complete."""
+        self._queue.put(None)
+        self._thread.join()
+
+
+class RowStore:
+    """Read access to a complete row store: zarr arrays, NumPy slices and dask views."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"no store at {self.path}")
+        self.group = zarr.open_group(str(self.path), mode="r")
+        if self.group.attrs.get("complete") is not True:
+            raise StoreError(f"store {self.path} is incomplete (its writer did not finish); rerun the job that makes it")
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        if name not in self.group:
+            raise StoreError(f"store {self.path} has no array {name!r}; it has {sorted(self.group.array_keys())}")
+        return self.group[name]
+
+    def __len__(self) -> int:
+        return int(self.group.attrs["n_rows"])
+
+    def numpy(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Rows of one array as NumPy (all rows when `rows` is None: mind the size)."""
+        array = self[name]
+        return array[:] if rows is None else (array.oindex[rows] if isinstance(rows, np.ndarray) else array[rows])
+
+    def dask(self, name: str):
+        """A lazy dask array over one array, one dask chunk per Zarr chunk."""
+        import dask.array as da
+
+        return da.from_zarr(self[name])
+
+
+class ActivationStore(RowStore):
+    """Activations of one (dataset, model, layer): `activations` (N, C, h, w) plus `image_id`, `label`."""
+
+    @property
+    def activations(self) -> zarr.Array:
+        return self["activations"]
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self["image_id"][:]
+
+    def dask(self, name: str = "activations"):
+        return super().dask(name)
+
+
+class CropStore(RowStore):
+    """Crop vectors of one (dataset, model, layer): `vectors` (M, C) plus `image_id`, `grid`, `cell`, `box`."""
+
+    @property
+    def vectors(self) -> zarr.Array:
+        return self["vectors"]
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self["image_id"][:]
+
+    def dask(self, name: str = "vectors"):
+        return super().dask(name)
+
+
+def layer_store_name(layer: str) -> str:
+    """File name of a layer's store (module names are safe as file names: letters, digits, dots)."""
+    return f"{layer}.zarr"
+
+
+def open_activations(results: str | Path, dataset: str, model: str, layer: str) -> ActivationStore:
+    """Open `results/activations/{dataset}/{model}/{layer}.zarr`."""
+    return ActivationStore(Path(results) / "activations" / dataset / model / layer_store_name(layer))
+
+
+def open_crops(results: str | Path, dataset: str, model: str, layer: str) -> CropStore:
+    """Open `results/crops/{dataset}/{model}/{layer}.zarr`."""
+    return CropStore(Path(results) / "crops" / dataset / model / layer_store_name(layer))

