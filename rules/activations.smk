@@ -52,3 +52,22 @@ rule extract_crop_vectors:
     cache: "omit-software"
     script:
         "../workflow_scripts/extract_crop_vectors.py"
+
+
+rule build_crop_index:
+    input:
+        crops=result("crops", "{dataset}", "{model}"),
+    output:
+        index=result("index", "{dataset}", "{model}", "{layer}.faiss"),
+        info=result("index", "{dataset}", "{model}", "{layer}.faiss.json"),
+    params:
+        index=config["index"],
+    log:
+        result("logs", "build_crop_index", "{dataset}", "{model}", "{layer}.log"),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    cache: "omit-software"
+    script:
+        "../workflow_scripts/build_crop_index.py"

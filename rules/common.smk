@@ -1,5 +1,5 @@
 # Shared helpers: result paths, wildcard constraints and input functions.
-import json
+import re
 
 RESULTS = config["results"]
 DATASETS = config["datasets"]
@@ -10,12 +10,13 @@ IMPORTED = sorted(m for m, spec in MODELS.items() if spec["weights"] != "train")
 
 def _alternatives(names):
     """A regex matching exactly the given names (never matches anything when empty)."""
-    return "|".join(sorted(names)) or "(?!x)x"
+    return "|".join(sorted(set(names))) or "(?!x)x"
 
 
 wildcard_constraints:
     dataset=_alternatives(DATASETS),
     model=_alternatives(MODELS),
+    layer=_alternatives(re.escape(layer) for spec in MODELS.values() for layer in spec["layers"]),
 
 
 def result(*parts):
@@ -59,4 +60,5 @@ def all_targets():
     targets = [result("tables", "models.csv")]
     for ds, model in explained_pairs():
         targets += [result("activations", ds, model), result("crops", ds, model)]
+        targets += [result("index", ds, model, f"{layer}.faiss") for layer in MODELS[model]["layers"]]
     return targets

@@ -32,17 +32,18 @@ def shortcut_digits(tmp_path_factory):
     return PreparedDataset(out)
 
 
-@pytest.fixture(scope="session")
-def imagenette_root() -> Path:
-    root = SHARED_DATA / "imagenette"
+def _shared_data(name: str) -> Path:
+    root = SHARED_DATA / name
     if not root.is_dir():
         pytest.fail(f"real test data missing: {root} (../shared/data beside the project root)")
     return root
+
+
+@pytest.fixture(scope="session")
+def imagenette_root() -> Path:
+    return _shared_data("imagenette")
 
 
 @pytest.fixture(scope="session")
 def tiny_imagenet_root() -> Path:
-    root = SHARED_DATA / "tiny-imagenet-200"
-    if not root.is_dir():
-        pytest.fail(f"real test data missing: {root} (../shared/data beside the project root)")
-    return root
+    return _shared_data("tiny-imagenet-200")

@@ -71,7 +71,7 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
     workdir, config = finished_run
     extended = dict(config, models={**config["models"], "vgg_clean": {"arch": "vgg_small", "train_dataset": "digits", "eval_datasets": ["digits_shortcut"], "layers": ["features.7"], "train": {"epochs": 1}}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(extended))
-    model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "summarize_models": 1, "all": 1}
+    model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "build_crop_index": 1, "summarize_models": 1, "all": 1}
     try:
         assert planned_jobs(workdir) == model_jobs
         changed = yaml.safe_load(yaml.safe_dump(config))
@@ -85,14 +85,16 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
 def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
     workdir, config = finished_run
     try:
-        for section, key, value, rule in [
-            ("crops", "grids", [2, 3], "extract_crop_vectors"),
-            ("activations", "dtype", "float16", "extract_activations"),
+        for section, key, value, jobs in [
+            ("activations", "dtype", "float16", {"extract_activations": 3}),
+            ("index", "type", "hnsw", {"build_crop_index": 3}),
+            # the index is built from the crop vectors, so it follows them
+            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3}),
         ]:
             changed = yaml.safe_load(yaml.safe_dump(config))
             changed.setdefault(section, {})[key] = value
             (workdir / "config.yaml").write_text(yaml.safe_dump(changed))
-            assert planned_jobs(workdir) == {rule: 3, "all": 1}, (section, key)
+            assert planned_jobs(workdir) == {**jobs, "all": 1}, (section, key)
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -105,3 +107,8 @@ def test_stores_of_the_tiny_run_are_complete_and_readable(finished_run):
     assert acts.activations.shape == (120, 512, 1, 1) and acts.attrs["selection"]["split"] == "test"
     crops = open_crops(workdir / "results", "photos", "mobilenet_v2", "features.18")
     assert crops.vectors.shape == (25 * 9, 1280) and crops.attrs["mode"] == "cells"
+    from conceptscope.index import CropIndex
+
+    index = CropIndex.open(workdir / "results" / "index" / "photos" / "mobilenet_v2" / "features.18.faiss", crops)
+    scores, rows = index.search(crops.vectors[:3], m=4)
+    assert (rows[:, 0] == [0, 1, 2]).all() and index.index.ntotal == 225

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, PreparedDataset
 from .models import get_layer
-from .store import RowStoreWriter, layer_store_name
-from .utils import atomic_path, library_versions
+from .store import RowStoreWriter, layer_store_name, provenance
+from .utils import atomic_path
 
 SELECT_BY = ("label", "prediction")
 
@@ -112,7 +112,7 @@ def extract_activations(
     batch_size: int = 32,
     chunk_images: int = 32,
     compression: str = "zstd",
-    compression_level: int = 3,
+    compression_level: int = 1,
     device: torch.device | str = "cpu",
     attrs: dict | None = None,
     progress: bool = True,
@@ -129,18 +129,12 @@ def extract_activations(
     subset = ImageDataset(data, rows, transform)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
     groups = rows["group"].to_numpy() if "group" in rows else rows["label"].to_numpy()
-    provenance = {
-        "kind": "activations",
-        "dtype": dtype,
-        "n_images": len(rows),
-        "versions": {**library_versions(), "zarr": __import__("zarr").__version__},
-        **(attrs or {}),
-    }
+    attrs = provenance("activations", dtype=dtype, n_images=len(rows), **(attrs or {}))
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         store_kw = dict(chunk_rows=chunk_images, dtypes={"activations": dtype}, compression=compression, compression_level=compression_level)
-        with LayerRecorder(model, layers) as recorder, _writers(tmp, layers, len(rows), provenance, **store_kw) as writers:
+        with LayerRecorder(model, layers) as recorder, _writers(tmp, layers, len(rows), attrs, **store_kw) as writers:
             start = 0
             for images, labels, image_ids in tqdm(loader, desc="activations", disable=not progress, leave=False):
                 model(images.to(device))

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from .activations import LayerRecorder, _writers
 from .data import ImageDataset, PreparedDataset
 from .models import build_transform
-from .store import layer_store_name
-from .utils import atomic_path, library_versions
+from .store import layer_store_name, provenance
+from .utils import atomic_path
 
 CROP_MODES = ("cells", "crops")
 
@@ -139,7 +139,7 @@ def extract_crop_vectors(
     batch_size: int = 32,
     chunk_rows: int = 4096,
     compression: str = "zstd",
-    compression_level: int = 3,
+    compression_level: int = 1,
     device: torch.device | str = "cpu",
     attrs: dict | None = None,
     progress: bool = True,
@@ -158,23 +158,14 @@ def extract_crop_vectors(
     grid_of = np.concatenate([np.full(g * g, g, np.int16) for g in grids])
     cell_of = np.concatenate([np.arange(g * g, dtype=np.int16) for g in grids])
     n_rows = len(rows) * per_image
-    provenance = {
-        "kind": "crop_vectors",
-        "mode": mode,
-        "grids": grids,
-        "dtype": dtype,
-        "n_images": len(rows),
-        "preprocess": preprocess,
-        "versions": {**library_versions(), "zarr": __import__("zarr").__version__},
-        **(attrs or {}),
-    }
+    attrs = provenance("crop_vectors", mode=mode, grids=grids, dtype=dtype, n_images=len(rows), preprocess=preprocess, **(attrs or {}))
     image_ids = rows["image_id"].to_numpy().astype(np.int64)
     widths, heights = rows["width"].to_numpy(), rows["height"].to_numpy()
     store_kw = dict(chunk_rows=chunk_rows, dtypes={"vectors": dtype}, compression=compression, compression_level=compression_level)
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        with LayerRecorder(model, layers) as recorder, _writers(tmp, layers, n_rows, provenance, **store_kw) as writers:
+        with LayerRecorder(model, layers) as recorder, _writers(tmp, layers, n_rows, attrs, **store_kw) as writers:
             if mode == "cells":
                 subset = ImageDataset(data, rows, build_transform(preprocess))
                 loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)

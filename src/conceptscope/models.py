@@ -75,10 +75,12 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        # ReLUs as modules (not torch.relu): attribution methods such as DeepLift only see modules
+        self.relu1 = nn.ReLU(inplace=False)
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 

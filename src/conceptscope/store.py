@@ -39,6 +39,13 @@ def _compressors(compression: str, level: int):
     raise StoreError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
 
 
+def provenance(kind: str, **fields: Any) -> dict[str, Any]:
+    """Store attributes that say what a store is and which library versions made it."""
+    from .utils import library_versions
+
+    return {"kind": kind, **fields, "versions": {**library_versions(), "zarr": zarr.__version__}}
+
+
 class RowStoreWriter:
     """Write arrays that share a first axis of `n_rows` rows into a new Zarr group at `path`.
 
@@ -54,7 +61,7 @@ class RowStoreWriter:
         chunk_rows: int = 64,
         dtypes: dict[str, str] | None = None,
         compression: str = "zstd",
-        compression_level: int = 3,
+        compression_level: int = 1,
         attrs: dict[str, Any] | None = None,
         queue_size: int = 4,
     ):

@@ -1,0 +1,86 @@
+"""Figures: grids of dataset crops, the layout of the concepts paper's Figures 5-8.
+
+    image = crop_grid(data, crop_store, rows, row_labels=["concept 1", ...])
+    image.save("figures/concepts.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .data import PreparedDataset
+from .store import CropStore
+
+BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+
+
+def crop_image(data: PreparedDataset, image_id: int, box: Sequence[float], tile: int) -> Image.Image:
+    """The crop `box` (x0, y0, x1, y1, original pixels) of one dataset image, resized to tile x tile, RGB."""
+    row = data.manifest.loc[data.manifest["image_id"] == image_id]
+    if row.empty:
+        raise KeyError(f"image_id {image_id} is not in dataset {data.path}")
+    image = Image.fromarray(data.load_image(next(row.itertuples(index=False)))).convert("RGB")
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    return image.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))).resize((tile, tile), Image.BILINEAR)
+
+
+def crop_grid(
+    data: PreparedDataset,
+    crops: CropStore,
+    rows: np.ndarray,
+    *,
+    row_labels: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
+    tile: int = 96,
+    gap: int = 4,
+    label_width: int = 110,
+) -> Image.Image:
+    """One row per concept, its top-m crops left to right (rows: (k, m) crop-store rows, -1 = empty).
+
+    Each tile is the crop cut from the original image by its stored box; `scores` (k, m) are
+    printed under the tiles (cosine similarity).
+    """
+    rows = np.atleast_2d(rows)
+    k, m = rows.shape
+    caption = 14 if scores is not None else 0
+    width = label_width + m * (tile + gap) + gap
+    height = k * (tile + caption + gap) + gap
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    valid = rows[rows >= 0]
+    order = np.sort(np.unique(valid))
+    image_ids = crops["image_id"].oindex[order] if len(order) else np.array([], np.int64)
+    boxes = crops["box"].oindex[order] if len(order) else np.zeros((0, 4), np.float32)
+    lookup = {int(r): (int(i), b) for r, i, b in zip(order, image_ids, boxes)}
+    for i in range(k):
+        top = gap + i * (tile + caption + gap)
+        if row_labels is not None:
+            draw.text((gap, top + tile // 2 - 6), str(row_labels[i]), fill=TEXT)
+        for j in range(m):
+            left = label_width + gap + j * (tile + gap)
+            if rows[i, j] < 0:
+                continue
+            image_id, box = lookup[int(rows[i, j])]
+            canvas.paste(crop_image(data, image_id, box, tile), (left, top))
+            if scores is not None:
+                draw.text((left + 2, top + tile + 1), f"{scores[i, j]:.2f}", fill=TEXT)
+    return canvas
+
+
+def tile_position(i: int, j: int, *, tile: int = 96, gap: int = 4, label_width: int = 110, with_scores: bool = False) -> tuple[int, int]:
+    """Top-left pixel of tile (i, j) in a `crop_grid` image (for tests and overlays)."""
+    caption = 14 if with_scores else 0
+    return label_width + gap + j * (tile + gap), gap + i * (tile + caption + gap)
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    """Save a figure atomically."""
+    from .utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

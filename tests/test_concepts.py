@@ -1,0 +1,257 @@
+"""Class concepts (Herdt & Otero Baguer, Sec. 4) on real photos and the real ImageNet MobileNetV2.
+
+Attribution is checked by the identities it must satisfy (the target logit, the white-image
+baseline), NMF by recovering planted concepts, and the prediction test by its layout and softmax.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import ConcatDataset
+
+from conceptscope.activations import LayerRecorder
+from conceptscope.attribution import AttributionError, layer_attribution, resolve_baseline
+from conceptscope.config import resolve_config
+from conceptscope.data import PreparedDataset, prepare_dataset
+from conceptscope.methods.concepts import (
+    ConceptExtractor,
+    attribution_weighted_vectors,
+    prediction_test,
+    sample_class,
+    stitch_crops,
+    stitch_transform,
+)
+from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+
+GOOSE, JEEP, CONVERTIBLE = 99, 609, 511  # ImageNet classes of the foolbox photos
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The 25 real photos, MobileNetV2 with its ImageNet weights, inputs, logits and two layers."""
+    root = tmp_path_factory.mktemp("concepts")
+    prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
+    data = PreparedDataset(root / "photos")
+    preprocess = resolve_preprocess("mobilenet_v2", {})
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model.eval()
+    dataset = data.torch_dataset("test", build_transform(preprocess))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad(), LayerRecorder(model, ["features.14", "features.18"]) as recorder:
+        logits = model(images)
+    return {
+        "data": data,
+        "dataset": dataset,
+        "model": model,
+        "preprocess": preprocess,
+        "images": images,
+        "logits": logits,
+        "labels": np.array([dataset[i][1] for i in range(len(dataset))]),
+        "acts": {name: out.numpy() for name, out in recorder.outputs.items()},
+    }
+
+
+def _index_of_prediction(photos, cls: int) -> int:
+    return int(np.flatnonzero(photos["logits"].argmax(1).numpy() == cls)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Attribution
+
+
+def test_grad_x_act_at_the_last_conv_layer_sums_to_the_target_logit(photos):
+    # After features.18 MobileNetV2 is average pooling and a linear layer, so sum(grad x act) is
+    # exactly logit_t - bias_t: wrong for any class other than the requested one.
+    model, images, logits = photos["model"], photos["images"][:3], photos["logits"][:3]
+    bias = model.classifier[1].bias.detach()
+    for target in (GOOSE, 7):
+        total = layer_attribution(model, images, "features.18", target, method="grad_x_act").sum(dim=(1, 2, 3))
+        torch.testing.assert_close(total, logits[:, target] - bias[target], rtol=1e-4, atol=1e-4)
+    per_image = torch.tensor([GOOSE, 7, 500])
+    total = layer_attribution(model, images, "features.18", per_image, method="grad_x_act").sum(dim=(1, 2, 3))
+    torch.testing.assert_close(total, logits[torch.arange(3), per_image] - bias[per_image], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["features.18", "features.12"])
+def test_deeplift_sums_to_the_logit_difference_from_a_white_image(photos, layer):
+    # DeepLift's summation-to-delta against the paper's baseline, a white image after normalisation
+    # (Sec. 4.1). At features.12 it holds only if every ReLU6 downstream gets the rescale rule.
+    model, preprocess, images = photos["model"], photos["preprocess"], photos["images"][5:7]
+    white = resolve_baseline("white", images, preprocess)
+    mean, std = torch.tensor(preprocess["mean"]), torch.tensor(preprocess["std"])
+    torch.testing.assert_close(white[0, :, 0, 0], (1 - mean) / std)
+    with torch.no_grad():
+        before = model(images)
+        expected = before[:, GOOSE] - model(white)[0, GOOSE]
+    attributions = layer_attribution(model, images, layer, GOOSE, preprocess=preprocess)
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), expected, rtol=1e-3, atol=2e-3)
+    # the model is handed back unchanged: same modules, inplace flags and outputs
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU6)]
+    assert len(relus) == 35 and all(m.inplace for m in relus)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), before)
+
+
+def test_deeplift_on_a_resnet_that_reuses_its_relu_modules(photos):
+    # torchvision ResNet blocks call one `relu` module several times, which plain captum refuses.
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.nn.functional.interpolate(photos["images"][:2], size=64)
+    reference = resolve_baseline("white", images, photos["preprocess"])
+    attributions = layer_attribution(model, images, "layer2", 3, preprocess=photos["preprocess"])
+    with torch.no_grad():
+        expected = model(images)[:, 3] - model(reference)[0, 3]
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(AttributionError, match="called 2 times"):
+        layer_attribution(model, images, "layer1.0.relu", 3, preprocess=photos["preprocess"])
+
+
+def test_smoothgrad_noise_is_fixed_by_the_seed_and_options_are_checked(photos):
+    model, preprocess, images = photos["model"], photos["preprocess"], photos["images"][:2]
+    def smoothgrad(seed):
+        return layer_attribution(model, images, "features.18", GOOSE, "deeplift_smoothgrad", n_samples=2, seed=seed, preprocess=preprocess)
+
+    first, again, other = smoothgrad(0), smoothgrad(0), smoothgrad(1)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.allclose(first, other)
+    with pytest.raises(AttributionError, match="does not use \\['n_samples'\\]"):
+        layer_attribution(model, images, "features.18", GOOSE, method="deeplift", n_samples=4, preprocess=preprocess)
+    with pytest.raises(AttributionError, match="needs the model's preprocessing"):
+        layer_attribution(model, images, "features.18", GOOSE)
+    with pytest.raises(AttributionError, match="unknown attribution method"):
+        layer_attribution(model, images, "features.18", GOOSE, method="lrp")
+
+
+# --------------------------------------------------------------------------------------------
+# Concept extraction
+
+
+def test_nmf_recovers_concepts_planted_in_real_activations(photos):
+    # Four real feature vectors (spatial means of four photos at features.18) are the planted
+    # concepts; every position mixes at most two of them. With unit attribution the scored
+    # vectors are exactly these mixtures, and NMF must reconstruct them and find the concepts.
+    acts = photos["acts"]["features.18"]
+    planted = acts[[5, 8, 21, 23]].mean(axis=(2, 3))  # (4, 1280), non-negative
+    rng = np.random.default_rng(0)
+    n_images, size = 6, 7
+    weights = np.zeros((n_images * size * size, 4), np.float32)
+    for row in weights:
+        row[rng.choice(4, size=rng.integers(1, 3), replace=False)] = rng.uniform(0.2, 1.0, size=1)
+    mixtures = weights @ planted
+    activations = mixtures.reshape(n_images, size, size, -1).transpose(0, 3, 1, 2)
+    concepts = ConceptExtractor(n_concepts=4, max_iter=1000).fit(activations, np.ones_like(activations))
+    assert concepts.relative_error_ < 0.01
+    assert concepts.components_.shape == (4, 1280) and (concepts.components_ >= 0).all()
+    assert concepts.n_vectors_ == n_images * size * size
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    cosine = unit(planted) @ unit(concepts.components_).T
+    assert (cosine.max(axis=1) > 0.99).all()
+    assert sorted(cosine.argmax(axis=1)) == [0, 1, 2, 3]
+    assert concepts.importance_.sum() == pytest.approx(1.0) and (np.diff(concepts.importance_) <= 0).all()
+
+
+def test_only_positions_with_positive_attribution_are_kept_and_scaled(photos):
+    model, images = photos["model"], photos["images"][5:8]
+    acts = photos["acts"]["features.18"][5:8]
+    attributions = layer_attribution(model, images, "features.18", GOOSE, preprocess=photos["preprocess"]).numpy()
+    attributions[1] *= -1  # flips the sign of every position of the second image
+    scores = attributions.mean(axis=1)
+    vectors, positions = attribution_weighted_vectors(acts, attributions)
+    assert len(vectors) == (scores > 0).sum()
+    image, y, x = positions[0]
+    np.testing.assert_allclose(vectors[0], acts[image, :, y, x] * scores[image, y, x], rtol=1e-6)
+    concepts = ConceptExtractor(n_concepts=3).fit(acts, attributions)
+    assert concepts.n_vectors_ == len(vectors)
+    # the image with negated attribution contributes exactly its former negative positions
+    assert (positions[:, 0] == 1).sum() == (scores[1] > 0).sum() < (scores[1] < 0).sum()
+
+
+def test_a_layer_with_negative_activations_is_refused(photos):
+    acts = photos["acts"]["features.14"]  # a linear bottleneck: no ReLU after it
+    assert acts.min() < 0
+    with pytest.raises(ValueError, match=r"layer 'features.14' has negative values \(min -.*needs a layer after a ReLU"):
+        ConceptExtractor().fit(acts, np.ones_like(acts), layer="features.14")
+    with pytest.raises(ValueError, match="features.14' has negative values"):
+        ConceptExtractor(n_concepts=2).fit_class(
+            photos["model"], photos["dataset"], "features.14", GOOSE, preprocess=photos["preprocess"], progress=False
+        )
+
+
+def test_class_sample_follows_the_prediction_and_is_bounded(photos):
+    dataset, model, preprocess = photos["dataset"], photos["model"], photos["preprocess"]
+    jeep_photos = np.flatnonzero(photos["labels"] == JEEP)
+    assert len(jeep_photos) == 2
+    # one jeep photo is predicted as a convertible: it belongs to the convertible's sample
+    jeep = sample_class(model, dataset, "features.18", JEEP, preprocess=preprocess, progress=False)
+    convertible = sample_class(model, dataset, "features.18", CONVERTIBLE, preprocess=preprocess, progress=False)
+    assert len(jeep.image_ids) == len(convertible.image_ids) == 1
+    assert jeep.labels[0] == convertible.labels[0] == JEEP
+    # the photos twice: max_images stops the scan, and batching does not change the numbers
+    twice = ConcatDataset([dataset, dataset])
+    goose = _index_of_prediction(photos, GOOSE)
+    small = sample_class(model, twice, "features.18", GOOSE, max_images=1, batch_size=4, preprocess=preprocess, progress=False)
+    assert small.n_scanned == 4 * (goose // 4 + 1) and len(small.image_ids) == 1
+    both = sample_class(model, twice, "features.18", GOOSE, max_images=5, batch_size=25, preprocess=preprocess, progress=False)
+    assert len(both.image_ids) == 2 and both.n_scanned == 50
+    np.testing.assert_allclose(both.activations[0], photos["acts"]["features.18"][goose], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both.attributions[0], small.attributions[0], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_class_explains_the_images_predicted_as_the_class(photos):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's ConvergenceWarning at the paper's 200 iterations
+        twice = ConcatDataset([photos["dataset"]] * 2)
+        concepts = ConceptExtractor(n_concepts=4, max_images=3).fit_class(
+            photos["model"], twice, "features.18", GOOSE, preprocess=photos["preprocess"], batch_size=8, progress=False
+        )
+    goose = photos["dataset"][_index_of_prediction(photos, GOOSE)][2]
+    assert list(concepts.image_ids_) == [goose, goose] and concepts.n_images_ == 2
+    assert concepts.components_.shape == (4, 1280) and (concepts.components_ >= 0).all()
+    assert 0 < concepts.relative_error_ < 0.5 and 0 < concepts.kept_fraction_ <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction test
+
+
+def test_stitched_image_stacks_one_crop_per_concept_top_to_bottom():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (250, 250, 0)]
+    crops = [  # different sizes, PIL and numpy
+        Image.new("RGB", (30, 50), colours[0]),
+        np.full((100, 100, 3), colours[1], np.uint8),
+        Image.new("RGB", (74, 74), colours[2]),
+        Image.new("RGB", (10, 10), colours[3]),
+    ]
+    stitched = stitch_crops(crops)
+    assert stitched.mode == "RGB" and stitched.size == (74, 4 * 74)  # (width, height)
+    pixels = np.asarray(stitched)
+    for i, colour in enumerate(colours):
+        assert (pixels[i * 74 : (i + 1) * 74] == colour).all()
+    grey = stitch_crops([np.full((9, 9), 10 * i, np.uint8) for i in range(3)], size=9)
+    assert grey.mode == "L" and grey.size == (9, 27) and np.asarray(grey)[18:, :].max() == 20
+    with pytest.raises(ValueError, match="no crops"):
+        stitch_crops([])
+
+
+def test_prediction_test_reports_the_softmax_of_the_target(photos):
+    model, preprocess, data = photos["model"], photos["preprocess"], photos["data"]
+    goose = _index_of_prediction(photos, GOOSE)
+    photo = Image.fromarray(data.load_image(next(data.split("test").iloc[[goose]].itertuples(index=False))))
+    result = prediction_test(model, build_transform(preprocess), [photo, photo], [GOOSE, 7])
+    probs = torch.softmax(photos["logits"][goose], 0)
+    np.testing.assert_allclose(result.target_prob, [probs[GOOSE], probs[7]], rtol=1e-4)
+    assert list(result.predicts_target) == [True, False] and list(result.predicted) == [GOOSE, GOOSE]
+    # the stitched image is fed whole, at its own size: four crops of the goose photo
+    width, height = photo.size
+    crops = [photo.crop((x, y, x + width // 2, y + height // 2)) for y in (0, height // 2) for x in (0, width // 2)]
+    stitched = stitch_crops(crops)
+    assert stitch_transform(preprocess)(stitched).shape == (3, 4 * 74, 74)
+    single = prediction_test(model, stitch_transform(preprocess), stitched, GOOSE)
+    assert single.target_prob.shape == (1,) and 0 <= single.target_prob[0] <= 1

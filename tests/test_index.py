@@ -1,0 +1,160 @@
+"""Crop index on real MobileNetV2 crop vectors of real photos: exactness, filters, persistence, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conceptscope.activations import select_images
+from conceptscope.config import resolve_config
+from conceptscope.crops import extract_crop_vectors
+from conceptscope.data import PreparedDataset, prepare_dataset
+from conceptscope.index import CropIndex, IndexParams, brute_force_search, build_crop_index, choose_type, index_info, save_index
+from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+from conceptscope.store import CropStore
+from conceptscope.viz import crop_grid, crop_image, tile_position
+
+
+@pytest.fixture(scope="module")
+def real_crops(tmp_path_factory):
+    """25 photos x grids 2,3,4 (29 cells each) at MobileNetV2 features.14 and features.18."""
+    root = tmp_path_factory.mktemp("index")
+    prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
+    data = PreparedDataset(root / "photos")
+    torch.set_num_threads(2)
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    rows = select_images(data.split("test"))
+    paths = extract_crop_vectors(model.eval(), data, rows, ["features.14", "features.18"], resolve_preprocess("mobilenet_v2", {}), root / "crops", grids=[2, 3, 4], chunk_rows=100, progress=False)
+    return data, CropStore(paths["features.18"]), CropStore(paths["features.14"])
+
+
+def _queries(store, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = store.vectors[:].astype(np.float32)
+    # concept-like directions: sums of a few random crop vectors, plus one crop vector itself
+    mix = np.stack([vectors[rng.choice(len(vectors), 5, replace=False)].sum(0) for _ in range(n - 1)] + [vectors[7]])
+    return vectors, mix
+
+
+def test_exact_index_matches_numpy_bruteforce(real_crops):
+    _, store, _ = real_crops
+    vectors, queries = _queries(store)
+    index = build_crop_index(store, IndexParams(type="auto"), progress=False)
+    assert index.ntotal == 725 and choose_type(IndexParams(), 725) == "flat"
+    scores, rows = CropIndex(index, store.image_ids).search(queries, m=8)
+    ref_scores, ref_rows = brute_force_search(vectors, queries, m=8)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert rows[-1, 0] == 7 and scores[-1, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ivf_scanning_every_list_is_exact_and_builds_reproducibly(real_crops):
+    _, store, _ = real_crops
+    vectors, queries = _queries(store)
+    params = IndexParams(type="ivf_flat", nlist=8, nprobe=8, train_size=400, seed=3)
+    first = CropIndex(build_crop_index(store, params, progress=False), store.image_ids, params).search(queries, 8)
+    second = CropIndex(build_crop_index(store, params, progress=False), store.image_ids, params).search(queries, 8)
+    np.testing.assert_array_equal(first[1], second[1])
+    np.testing.assert_array_equal(first[1], brute_force_search(vectors, queries, 8)[1])
+    # scanning a single list is approximate: it must miss some of the exact neighbours
+    narrow = CropIndex(build_crop_index(store, params, progress=False), store.image_ids, IndexParams(type="ivf_flat", nprobe=1)).search(queries, 8)[1]
+    assert (narrow != first[1]).any()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw"])
+def test_exclusion_filter_removes_images_and_keeps_the_best_of_the_rest(real_crops, kind):
+    _, store, _ = real_crops
+    vectors, queries = _queries(store)
+    image_ids = store.image_ids
+    excluded = np.unique(image_ids)[:10]
+    params = IndexParams(type=kind, nlist=8, nprobe=8, train_size=400, ef_search=400)
+    crop_index = CropIndex(build_crop_index(store, params, progress=False), image_ids, params)
+    scores, rows = crop_index.search(queries, m=8, exclude_images=excluded)
+    assert not np.isin(image_ids[rows], excluded).any()
+    allowed = np.flatnonzero(~np.isin(image_ids, excluded))
+    ref_scores, ref_rows = brute_force_search(vectors[allowed], queries, 8)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    if kind != "hnsw":
+        np.testing.assert_array_equal(rows, allowed[ref_rows])
+
+
+def test_one_crop_per_image(real_crops):
+    _, store, _ = real_crops
+    vectors, queries = _queries(store)
+    image_ids = store.image_ids
+    crop_index = CropIndex(build_crop_index(store, IndexParams(type="flat"), progress=False), image_ids)
+    scores, rows = crop_index.search(queries, m=8, one_per_image=True)
+    for r in rows:
+        assert len(set(image_ids[r])) == 8
+    # reference: walk the exact ranking, keep each image's best crop
+    ref_scores, ref_rows = brute_force_search(vectors, queries, len(vectors))
+    for q in range(len(queries)):
+        seen, expected = set(), []
+        for row in ref_rows[q]:
+            if image_ids[row] not in seen:
+                seen.add(image_ids[row])
+                expected.append(row)
+        np.testing.assert_array_equal(rows[q], expected[:8])
+    # combined with exclusion, and asking for more images than exist: padded with -1
+    scores, rows = crop_index.search(queries[:1], m=30, one_per_image=True, exclude_images=np.unique(image_ids)[:20])
+    assert (rows[0, :5] >= 0).all() and (rows[0, 5:] == -1).all() and np.isneginf(scores[0, 5:]).all()
+
+
+def test_saved_index_reloads_with_its_parameters(real_crops, tmp_path):
+    _, store, _ = real_crops
+    _, queries = _queries(store)
+    params = IndexParams(type="ivf_sq8", nlist=8, nprobe=3, train_size=500)
+    index = build_crop_index(store, params, progress=False)
+    save_index(index, tmp_path / "i.faiss", index_info(index, params, store))
+    before = CropIndex(index, store.image_ids, params).search(queries, 8)
+    loaded = CropIndex.open(tmp_path / "i.faiss", store)
+    assert loaded.params.nprobe == 3 and loaded.params.type == "ivf_sq8"
+    after = loaded.search(queries, 8)
+    np.testing.assert_array_equal(before[1], after[1])
+    with pytest.raises(FileNotFoundError, match="no crop index"):
+        CropIndex.open(tmp_path / "missing.faiss", store)
+
+
+def test_index_rejects_mismatched_ids(real_crops):
+    _, store, other = real_crops
+    index = build_crop_index(other, IndexParams(type="flat"), progress=False)
+    with pytest.raises(ValueError, match="image ids"):
+        CropIndex(index, store.image_ids[:10])
+
+
+def test_crop_grid_shows_the_boxed_crops(real_crops, tmp_path):
+    data, store, _ = real_crops
+    _, queries = _queries(store)
+    scores, rows = CropIndex(build_crop_index(store, IndexParams(type="flat"), progress=False), store.image_ids).search(queries[:3], 4)
+    image = crop_grid(data, store, rows, row_labels=["a", "b", "c"], scores=scores, tile=48)
+    assert image.size == (110 + 4 * 52 + 4, 3 * (48 + 14 + 4) + 4)
+    left, top = tile_position(1, 2, tile=48, with_scores=True)
+    tile = np.asarray(image)[top : top + 48, left : left + 48]
+    row = rows[1, 2]
+    expected = np.asarray(crop_image(data, int(store.image_ids[row]), store["box"][row], 48))
+    np.testing.assert_array_equal(tile, expected)
+    # a crop is a part of its photo: it differs from the whole photo resized
+    whole = Image.fromarray(data.load_image(next(data.manifest[data.manifest.image_id == store.image_ids[row]].itertuples()))).convert("RGB").resize((48, 48))
+    assert np.abs(np.asarray(whole).astype(int) - expected).mean() > 5
+
+
+def test_pq_with_refinement_respects_filters_and_reranks_near_exactly(real_crops):
+    _, store, _ = real_crops
+    vectors, queries = _queries(store)
+    image_ids = store.image_ids
+    excluded = np.unique(image_ids)[:5]
+    # every list scanned and every candidate re-ranked: only the 8-bit codes separate it from exact
+    params = IndexParams(type="ivf_pq_refine", nlist=8, nprobe=8, pq_m=64, refine_k_factor=100, train_size=700)
+    crop_index = CropIndex(build_crop_index(store, params, progress=False), image_ids, params)
+    scores, rows = crop_index.search(queries, m=8, exclude_images=excluded)
+    assert not np.isin(image_ids[rows], excluded).any()
+    allowed = np.flatnonzero(~np.isin(image_ids, excluded))
+    ref_scores, ref_rows = brute_force_search(vectors[allowed], queries, 8)
+    recall = np.mean([len(set(r) & set(allowed[e])) / 8 for r, e in zip(rows, ref_rows)])
+    assert recall >= 0.9
+    np.testing.assert_allclose(scores, ref_scores, atol=0.02)
+    with pytest.raises(ValueError, match="pq_m = 48 must divide"):
+        build_crop_index(store, IndexParams(type="ivf_pq_refine", pq_m=48, nlist=8), progress=False)
