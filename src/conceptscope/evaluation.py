@@ -38,7 +38,8 @@ def predict(
         parts["pred"].append(logits.argmax(1).cpu().numpy())
         parts["topk_class"].append(top_class.cpu().numpy())
         parts["topk_prob"].append(top_prob.cpu().numpy())
-        parts["logits"].append(logits.cpu().numpy())
+        if store_logits:  # (N, classes) in memory: 5 GB for ImageNet's 1.28M x 1000
+            parts["logits"].append(logits.cpu().numpy())
     if not parts["image_id"]:
         columns = ["image_id", "label", "pred", "topk_class", "topk_prob"] + (["logits"] if store_logits else [])
         return pd.DataFrame(columns=columns)
