@@ -73,6 +73,11 @@ def cell_boxes(view: Sequence[float], grid: int, map_h: int | None = None, map_w
     return np.array([(x0 + xa * width, y0 + ya * height, x0 + xb * width, y0 + yb * height) for ya, yb in ys for xa, xb in xs], np.float32)
 
 
+def grid_boxes(view: Sequence[float], grids: Sequence[int], map_h: int | None = None, map_w: int | None = None) -> np.ndarray:
+    """(sum(g*g), 4) boxes of one image over all grids, in store row order (see `cell_boxes`)."""
+    return np.concatenate([cell_boxes(view, g, map_h, map_w) for g in grids])
+
+
 def cell_means(acts: torch.Tensor, grids: Sequence[int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, sum(g*g), C): spatial mean over every grid cell, grids in order, row-major."""
     if acts.ndim != 4:
@@ -100,7 +105,7 @@ class _CropDataset(Dataset):
         self.preprocess = preprocess
         self.finish = build_transform({**preprocess, "resize": None, "input_size": None})
         self.size = int(size)
-        self._cache: tuple[int, Image.Image, tuple] | None = None
+        self._cache: tuple[int, Image.Image, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.rows) * self.per_image
@@ -109,17 +114,14 @@ class _CropDataset(Dataset):
         if self._cache is None or self._cache[0] != index:
             row = self.rows[index]
             image = Image.fromarray(self.data.load_image(row))
-            self._cache = (index, image, view_box(image.width, image.height, self.preprocess))
+            boxes = grid_boxes(view_box(image.width, image.height, self.preprocess), self.grids)
+            self._cache = (index, image, boxes)
         return self._cache[1], self._cache[2]
 
     def __getitem__(self, i: int) -> torch.Tensor:
         image_index, k = divmod(i, self.per_image)
-        image, view = self._image(image_index)
-        for grid in self.grids:
-            if k < grid * grid:
-                break
-            k -= grid * grid
-        box = cell_boxes(view, grid)[k]
+        image, boxes = self._image(image_index)
+        box = boxes[k]
         crop = image.crop(tuple(int(round(v)) for v in box)).resize((self.size, self.size), Image.BILINEAR)
         return self.finish(crop)
 
@@ -178,7 +180,7 @@ def extract_crop_vectors(
                         acts = recorder.outputs[layer].float()
                         vectors = cell_means(acts, grids).reshape(-1, acts.shape[1]).cpu().numpy()
                         map_h, map_w = acts.shape[2], acts.shape[3]
-                        boxes = np.concatenate([np.concatenate([cell_boxes(v, g, map_h, map_w) for g in grids]) for v in views])
+                        boxes = np.concatenate([grid_boxes(v, grids, map_h, map_w) for v in views])
                         writer.append(
                             vectors=vectors,
                             image_id=np.repeat(image_ids[start:stop], per_image),
@@ -196,9 +198,9 @@ def extract_crop_vectors(
                     stop = start + len(batch)
                     image_index = np.arange(start, stop) // per_image
                     within = np.arange(start, stop) % per_image
-                    boxes = np.stack(
-                        [cell_boxes(view_box(widths[i], heights[i], preprocess), grid_of[k])[cell_of[k]] for i, k in zip(image_index, within)]
-                    )
+                    # each image's boxes once per batch, not once per crop
+                    per_image_boxes = {i: grid_boxes(view_box(widths[i], heights[i], preprocess), grids) for i in np.unique(image_index)}
+                    boxes = np.stack([per_image_boxes[i][k] for i, k in zip(image_index, within)])
                     for layer, writer in writers.items():
                         writer.append(
                             vectors=spatial_mean(recorder.outputs[layer].float()).cpu().numpy(),
