@@ -31,6 +31,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
+include: "rules/concepts.smk"
 
 
 rule all:

@@ -56,9 +56,29 @@ def explained_pairs():
     return [(ds, model) for ds, model in eval_pairs() if MODELS[model]["layers"]]
 
 
+def concept_pairs():
+    """(dataset, model) pairs the class concepts explain (`concepts.models` x `concepts.datasets`)."""
+    opts = config["concepts"]
+    return [
+        (ds, model)
+        for ds, model in explained_pairs()
+        if (opts["models"] is None or model in opts["models"]) and (opts["datasets"] is None or ds in opts["datasets"])
+    ]
+
+
+def concept_jobs():
+    return [(ds, model, layer) for ds, model in concept_pairs() for layer in MODELS[model]["layers"]]
+
+
+def crop_pools(dataset):
+    return config["concepts"]["crop_pools"] or [dataset]
+
+
 def all_targets():
     targets = [result("tables", "models.csv")]
     for ds, model in explained_pairs():
         targets += [result("activations", ds, model), result("crops", ds, model)]
         targets += [result("index", ds, model, f"{layer}.faiss") for layer in MODELS[model]["layers"]]
+    if concept_jobs():
+        targets.append(result("tables", "concepts_prediction_test.csv"))
     return targets

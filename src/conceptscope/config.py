@@ -110,7 +110,7 @@ def validate_schema(config: dict, schema: dict | None = None) -> dict:
 # --------------------------------------------------------------------------------------------
 # Semantic checks: names, files and layers that the schema cannot see
 
-IMAGEFOLDER_ONLY = ("root", "train_dir", "test_dir", "label_map", "boxes")
+IMAGEFOLDER_ONLY = ("root", "train_dir", "test_dir", "label_map", "boxes", "labels")
 
 
 def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
@@ -132,8 +132,9 @@ def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
         for sub in ("train_dir", "test_dir"):
             if spec.get(sub) and not (root / spec[sub]).is_dir():
                 raise ConfigError(f"config key '{key}.{sub}': directory {root / spec[sub]} does not exist")
-        if spec.get("boxes") and not (base / spec["boxes"]).expanduser().is_file():
-            raise ConfigError(f"config key '{key}.boxes': file {base / spec['boxes']} does not exist")
+        for file_key in ("boxes", "labels"):
+            if spec.get(file_key) and not (base / spec[file_key]).expanduser().is_file():
+                raise ConfigError(f"config key '{key}.{file_key}': file {base / spec[file_key]} does not exist")
     shortcut = spec.get("shortcut")
     if shortcut:
         if spec["kind"] == "photos":
@@ -187,6 +188,47 @@ def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> No
         raise ConfigError(f"config key '{key}.by': selecting by predicted class needs predictions of split(s) {missing}; add them to predict.splits")
 
 
+def _check_concepts(config: dict) -> None:
+    """The `concepts` block against the models, datasets and predictions it refers to."""
+    opts = config["concepts"]
+    models, splits = config["models"], config["predict"]["splits"]
+    for i, name in enumerate(opts["models"] or []):
+        if name not in models:
+            raise ConfigError(f"config key 'concepts.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
+        if not models[name]["layers"]:
+            raise ConfigError(f"config key 'concepts.models[{i}]': model {name!r} has no `layers` to explain")
+    chosen = [m for m in (opts["models"] or models) if models[m]["layers"]]
+    for key in ("datasets", "crop_pools"):
+        for i, ds in enumerate(opts[key] or []):
+            if ds not in config["datasets"]:
+                raise ConfigError(f"config key 'concepts.{key}[{i}]': unknown dataset {ds!r}; datasets are {sorted(config['datasets'])}")
+            # explained datasets pair with the models that evaluate on them; crop pools must serve every model
+            lacking = [m for m in chosen if ds not in models[m]["eval_datasets"]]
+            if lacking and (key == "crop_pools" or len(lacking) == len(chosen)):
+                raise ConfigError(
+                    f"config key 'concepts.{key}[{i}]': dataset {ds!r} is not an eval dataset of model(s) {lacking}; "
+                    "add it to their eval_datasets (its predictions, crops and index are needed)"
+                )
+    if not chosen:
+        return
+    needed = ["train", "test"] if opts["split"] == "all" else [opts["split"]]
+    missing = [s for s in needed if s not in splits]
+    if missing:
+        raise ConfigError(f"config key 'concepts.split': concepts are learned from images by predicted class, which needs predictions of split(s) {missing}; add them to predict.splits")
+    crop_splits = ["train", "test"] if config["crops"]["selection"]["split"] == "all" else [config["crops"]["selection"]["split"]]
+    missing = [s for s in crop_splits if s not in splits]
+    if missing:
+        raise ConfigError(
+            f"config key 'crops.selection.split': the concepts' stricter test excludes crops of images predicted as the class, "
+            f"which needs predictions of split(s) {missing}; add them to predict.splits"
+        )
+    for m in chosen:
+        n_classes = model_num_classes(models[m], config["datasets"])
+        for i, cls in enumerate(opts["classes"] or []):
+            if cls >= n_classes:
+                raise ConfigError(f"config key 'concepts.classes[{i}]': class {cls} is not an output of model {m!r} ({n_classes} classes)")
+
+
 def model_num_classes(spec: dict, datasets: dict) -> int:
     """Output classes of a model spec: explicit, else the train dataset's, else ImageNet's 1000."""
     from .data import num_classes_of
@@ -209,8 +251,9 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
         _check_dataset(name, raw["datasets"][name], spec, base)
         if spec.get("root"):
             spec["root"] = str((base / spec["root"]).expanduser().resolve())
-        if spec.get("boxes"):
-            spec["boxes"] = str((base / spec["boxes"]).expanduser().resolve())
+        for file_key in ("boxes", "labels"):
+            if spec.get(file_key):
+                spec[file_key] = str((base / spec[file_key]).expanduser().resolve())
     for name, spec in config["models"].items():
         _check_model(name, spec, config["datasets"], base)
         if spec["weights"] not in ("train", "random", "packaged"):
@@ -221,4 +264,5 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
             _check_selection(f"models.{name}.selection", spec["selection"], config["predict"]["splits"])
     _check_selection("activations.selection", config["activations"]["selection"], config["predict"]["splits"])
     _check_selection("crops.selection", config["crops"]["selection"], config["predict"]["splits"])
+    _check_concepts(config)
     return config

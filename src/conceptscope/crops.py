@@ -91,6 +91,13 @@ def spatial_mean(acts: torch.Tensor) -> torch.Tensor:
     return acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts.flatten(1)
 
 
+def _argmax(output, n: int) -> np.ndarray:
+    """Predicted class per row of a classifier output (int32), -1 where the output is not (n, K) logits."""
+    if isinstance(output, torch.Tensor) and output.ndim == 2 and len(output) == n:
+        return output.argmax(dim=1).to(torch.int32).cpu().numpy()
+    return np.full(n, -1, np.int32)
+
+
 class _CropDataset(Dataset):
     """Every (image, grid, cell) crop of the model's view of each image, resized to the input size."""
 
@@ -194,7 +201,9 @@ def extract_crop_vectors(
                 loader = DataLoader(crops, batch_size=batch_size * per_image, shuffle=False, num_workers=0)
                 start = 0
                 for batch in tqdm(loader, desc="crop vectors (crops)", disable=not progress, leave=False):
-                    model(batch.to(device))
+                    # the model's class for each crop on its own (the concepts paper's stricter
+                    # prediction test skips crops predicted as the explained class)
+                    predicted = _argmax(model(batch.to(device)), len(batch))
                     stop = start + len(batch)
                     image_index = np.arange(start, stop) // per_image
                     within = np.arange(start, stop) % per_image
@@ -208,6 +217,7 @@ def extract_crop_vectors(
                             grid=grid_of[within],
                             cell=cell_of[within],
                             box=boxes,
+                            predicted=predicted,
                         )
                     start = stop
     return {layer: out_dir / layer_store_name(layer) for layer in layers}

@@ -200,33 +200,62 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_boxes(path: Path) -> dict[str, tuple[float, float, float, float]]:
-    boxes = {}
+def _read_annotations(path: Path) -> list[list[str]]:
+    """Non-empty lines of a tab-separated annotation file, each checked to have >= 2 fields."""
+    lines = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
+        if len(parts) < 2:
+            raise DatasetError(f"{path}:{lineno}: expected 'file<TAB>class[<TAB>x0<TAB>y0<TAB>x1<TAB>y1]', got {line!r}")
+        lines.append(parts)
+    return lines
+
+
+def _read_boxes(path: Path) -> dict[str, tuple[float, float, float, float]]:
+    boxes = {}
+    for parts in _read_annotations(path):
         if len(parts) < 6:
-            raise DatasetError(f"{path}:{lineno}: expected 'file<TAB>class<TAB>x0<TAB>y0<TAB>x1<TAB>y1', got {line!r}")
-        boxes[parts[0]] = tuple(float(v) for v in parts[2:6])
+            raise DatasetError(f"{path}: expected 'file<TAB>class<TAB>x0<TAB>y0<TAB>x1<TAB>y1', got {chr(9).join(parts)!r}")
+        try:
+            boxes[parts[0]] = tuple(float(v) for v in parts[2:6])
+        except ValueError:
+            raise DatasetError(f"{path}: box of {parts[0]!r} is not four numbers: {parts[2:6]}") from None
     return boxes
 
 
+def _read_labels(path: Path) -> dict[str, str]:
+    """file name -> class name, from the first two columns of a tab-separated file."""
+    return {parts[0]: parts[1] for parts in _read_annotations(path)}
+
+
+def _split_layout(folder: Path, labels: dict[str, str] | None) -> list[tuple[Path, str]]:
+    """(image, class name) of one split folder: class sub-folders, or a flat folder named in `labels`."""
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if class_dirs or labels is None:
+        return [(path, d.name) for d in class_dirs for path in _list_images(d)]
+    return [(path, labels[path.name]) for path in _list_images(folder) if path.name in labels]
+
+
 def _imagefolder(spec: dict) -> RawDataset:
-    """Any ImageFolder-style directory: root/{train_dir,test_dir}/<class>/<image>."""
+    """Any ImageFolder-style directory: root/{train_dir,test_dir}/<class>/<image>.
+
+    A split folder without class sub-folders is flat (e.g. Tiny ImageNet's val/images): its
+    images' classes come from the `labels` file (`file<TAB>class...`); images not listed there are
+    left out.
+    """
     root = Path(spec["root"]).expanduser().resolve()
     split_dirs = {"train": spec.get("train_dir"), "test": spec.get("test_dir")}
-    class_names: set[str] = set()
-    for sub in split_dirs.values():
-        if sub:
-            class_names.update(p.name for p in (root / sub).iterdir() if p.is_dir())
-    classes = sorted(class_names)
+    labels = _read_labels(Path(spec["labels"]).expanduser()) if spec.get("labels") else None
+    layouts = {split: _split_layout(root / sub, labels) for split, sub in split_dirs.items() if sub}
+    classes = sorted({cls for items in layouts.values() for _, cls in items})
     if spec.get("label_map") == "imagenet":
         wnids = imagenet_wnids()
         unknown = [c for c in classes if c not in wnids]
         if unknown:
             raise DatasetError(
-                f"label_map 'imagenet' needs class folders named by ImageNet-1k wnids; {root} has {unknown[:5]}"
+                f"label_map 'imagenet' needs classes named by ImageNet-1k wnids; {root} has {unknown[:5]}"
             )
         labels_of = {c: wnids.index(c) for c in classes}
         names = imagenet_class_names()
@@ -238,18 +267,15 @@ def _imagefolder(spec: dict) -> RawDataset:
         imagenet_index = [wnids.index(c) for c in classes] if set(classes) <= set(wnids) else None
     boxes = _read_boxes(Path(spec["boxes"]).expanduser()) if spec.get("boxes") else {}
     rows = []
-    for split, sub in split_dirs.items():
-        if not sub:
-            continue
-        for cls in classes:
-            folder = root / sub / cls
-            if not folder.is_dir():
-                continue
-            for path in _list_images(folder):
-                box = boxes.get(path.name, (np.nan,) * 4)
-                rows.append((str(path), labels_of[cls], split if split_dirs["test"] else None, *box))
+    for split, items in layouts.items():
+        for path, cls in sorted(items, key=lambda item: (item[1], item[0])):
+            box = boxes.get(path.name, (np.nan,) * 4)
+            rows.append((str(path), labels_of[cls], split if split_dirs["test"] else None, *box))
     if not rows:
-        raise DatasetError(f"no images found under {root} (expected {root}/<split>/<class>/<image>)")
+        raise DatasetError(
+            f"no images found under {root} (expected {root}/<split>/<class>/<image>, or a flat split folder "
+            "with a `labels` file naming each image's class)"
+        )
     frame = pd.DataFrame(rows, columns=["source", "label", "split", *BOX_COLUMNS])
     frame.insert(1, "array_index", -1)
     frame["width"] = -1
@@ -272,10 +298,11 @@ def num_classes_of(spec: dict) -> int:
     if kind == "photos" or spec.get("label_map") == "imagenet":
         return 1000
     root = Path(spec["root"]).expanduser()
+    labels = _read_labels(Path(spec["labels"]).expanduser()) if spec.get("labels") else None
     names = set()
     for sub in (spec.get("train_dir"), spec.get("test_dir")):
         if sub and (root / sub).is_dir():
-            names.update(p.name for p in (root / sub).iterdir() if p.is_dir())
+            names.update(cls for _, cls in _split_layout(root / sub, labels))
     return len(names)
 
 

@@ -253,12 +253,16 @@ class CropIndex:
         m: int = 8,
         *,
         exclude_images: Iterable[int] | None = None,
+        exclude_rows: np.ndarray | None = None,
         one_per_image: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(k, C) query vectors -> (scores, rows), each (k, m): cosine similarity and crop-store row.
 
         `exclude_images`: image ids whose crops never appear (e.g. images predicted as the class
-        being explained). `one_per_image`: at most one crop per image in each result row.
+        being explained). `exclude_rows`: crops that never appear, as a boolean mask over the rows
+        or as row numbers (e.g. crops predicted as that class on their own). The filters act inside
+        the index search (a FAISS ID selector), so the result is the top m among the admissible
+        crops. `one_per_image`: at most one crop per image in each result row.
         Missing results (fewer admissible crops than m) are row -1, score -inf.
         """
         queries = normalise(np.atleast_2d(queries))
@@ -267,6 +271,13 @@ class CropIndex:
             excluded = np.fromiter(exclude_images, dtype=self.image_ids.dtype)
             if len(excluded):
                 allowed = ~np.isin(self.image_ids, excluded)
+        if exclude_rows is not None:
+            exclude_rows = np.asarray(exclude_rows)
+            if exclude_rows.dtype == bool and exclude_rows.shape != self.image_ids.shape:
+                raise ValueError(f"exclude_rows mask has shape {exclude_rows.shape}, the index holds {len(self.image_ids)} crops")
+            if exclude_rows.any():
+                allowed = np.ones(len(self.image_ids), bool) if allowed is None else allowed
+                allowed[exclude_rows] = False
         params = self._search_parameters(allowed)
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:  # few queries: spread the probed lists over the threads, not the queries

@@ -204,7 +204,14 @@ class ActivationStore(RowStore):
 
 
 class CropStore(RowStore):
-    """Crop vectors of one (dataset, model, layer): `vectors` (M, C) plus `image_id`, `grid`, `cell`, `box`."""
+    """Crop vectors of one (dataset, model, layer): `vectors` (M, C) plus `image_id`, `grid`, `cell`, `box`
+    and, in `crops` mode (each crop passed through the model on its own), `predicted`: the model's
+    class for the crop."""
+
+    @property
+    def predicted(self) -> np.ndarray | None:
+        """The model's predicted class of each crop, or None where the store has none (`cells` mode)."""
+        return self["predicted"][:] if "predicted" in self.group else None
 
     @property
     def vectors(self) -> zarr.Array:

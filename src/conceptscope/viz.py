@@ -46,29 +46,59 @@ def crop_grid(
     printed under the tiles (cosine similarity).
     """
     rows = np.atleast_2d(rows)
-    k, m = rows.shape
-    caption = 14 if scores is not None else 0
-    width = label_width + m * (tile + gap) + gap
-    height = k * (tile + caption + gap) + gap
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
     valid = rows[rows >= 0]
     order = np.sort(np.unique(valid))
     image_ids = crops["image_id"].oindex[order] if len(order) else np.array([], np.int64)
     boxes = crops["box"].oindex[order] if len(order) else np.zeros((0, 4), np.float32)
     lookup = {int(r): (int(i), b) for r, i, b in zip(order, image_ids, boxes)}
-    for i in range(k):
-        top = gap + i * (tile + caption + gap)
+    tiles = [[crop_image(data, *lookup[int(r)], tile) if r >= 0 else None for r in line] for line in rows]
+    return tile_grid(tiles, row_labels=row_labels, scores=scores, tile=tile, gap=gap, label_width=label_width)
+
+
+def tile_grid(
+    tiles: Sequence[Sequence[Image.Image | None]],
+    *,
+    row_labels: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
+    title: str | None = None,
+    tile: int = 96,
+    gap: int = 4,
+    label_width: int = 110,
+) -> Image.Image:
+    """Tiles in rows (None = empty), a label left of each row, optional scores under the tiles and a title."""
+    k = len(tiles)
+    m = max((len(line) for line in tiles), default=0)
+    caption = 14 if scores is not None else 0
+    head = 18 if title else 0
+    width = label_width + m * (tile + gap) + gap
+    height = head + k * (tile + caption + gap) + gap
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, 3), title, fill=TEXT)
+    for i, line in enumerate(tiles):
+        top = head + gap + i * (tile + caption + gap)
         if row_labels is not None:
             draw.text((gap, top + tile // 2 - 6), str(row_labels[i]), fill=TEXT)
-        for j in range(m):
-            left = label_width + gap + j * (tile + gap)
-            if rows[i, j] < 0:
+        for j, image in enumerate(line):
+            if image is None:
                 continue
-            image_id, box = lookup[int(rows[i, j])]
-            canvas.paste(crop_image(data, image_id, box, tile), (left, top))
+            left = label_width + gap + j * (tile + gap)
+            canvas.paste(image.convert("RGB").resize((tile, tile)), (left, top))
             if scores is not None:
-                draw.text((left + 2, top + tile + 1), f"{scores[i, j]:.2f}", fill=TEXT)
+                draw.text((left + 2, top + tile + 1), f"{scores[i][j]:.2f}", fill=TEXT)
+    return canvas
+
+
+def stack_vertically(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """Figures one below the other on a white background, left-aligned."""
+    width = max(image.width for image in images)
+    height = sum(image.height for image in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height + gap
     return canvas
 
 

@@ -16,7 +16,7 @@ A (Sec. 4.3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -151,11 +151,30 @@ class ConceptExtractor:
             indices = np.sort(np.random.default_rng(self.seed).choice(len(indices), self.max_images, replace=False))
             activations, attributions = activations[indices], attributions[indices]
         vectors, _ = attribution_weighted_vectors(activations, attributions)
+        self.fit_vectors(vectors, n_positions=activations.shape[0] * activations.shape[2] * activations.shape[3], n_images=len(indices))
+        self.image_indices_ = indices
+        return self
+
+    def fit_vectors(self, vectors, *, n_positions: int | None = None, n_images: int | None = None) -> "ConceptExtractor":
+        """Learn the concepts from scored activation vectors (M, C) >= 0 (`attribution_weighted_vectors`).
+
+        Lets several NMF sizes share one attribution pass (the Figure 4 sweep over n). `n_positions`
+        (all spatial positions the vectors were kept from) and `n_images` only fill kept_fraction_ and n_images_.
+        """
+        vectors = _numpy(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be (M, C), got shape {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("scored activation vectors hold NaN or inf (check the layer's activations and attributions)")
+        if len(vectors) and float(vectors.min()) < 0:
+            raise ValueError("scored activation vectors must be non-negative (NMF); the layer is not post-ReLU")
         if len(vectors) < self.n_concepts:
             raise ValueError(
-                f"only {len(vectors)} positions have positive attribution in {len(indices)} images, fewer than "
-                f"n_concepts={self.n_concepts}; use more images or fewer concepts"
+                f"only {len(vectors)} positions have positive attribution, fewer than n_concepts={self.n_concepts}; "
+                "use more images or fewer concepts"
             )
+        if not np.any(vectors > 0):
+            raise ValueError("every scored activation vector is zero: the kept positions have no activation to factorise")
         nmf = NMF(
             n_components=self.n_concepts,
             init=self.init,
@@ -176,10 +195,9 @@ class ConceptExtractor:
         norm = float(np.linalg.norm(vectors))
         self.relative_error_ = self.reconstruction_err_ / norm if norm > 0 else 0.0
         self.n_iter_ = int(nmf.n_iter_)
-        self.n_images_ = len(indices)
+        self.n_images_ = n_images
         self.n_vectors_ = len(vectors)
-        self.kept_fraction_ = len(vectors) / float(activations.shape[0] * activations.shape[2] * activations.shape[3])
-        self.image_indices_ = indices
+        self.kept_fraction_ = len(vectors) / float(n_positions) if n_positions else float("nan")
         return self
 
     def fit_class(
@@ -297,6 +315,85 @@ def sample_class(
         attributions=np.concatenate(attributions),
         n_scanned=scanned,
     )
+
+
+def iter_class_samples(
+    model: nn.Module,
+    dataset: Dataset,
+    targets: Sequence[int],
+    layer: str,
+    *,
+    method: str = "deeplift",
+    batch_size: int = 32,
+    preprocess: dict | None = None,
+    seed: int = 0,
+    attribution_options: dict | None = None,
+    progress: bool = True,
+) -> Iterator[ClassSample]:
+    """Activations and attributions of many classes in one pass, one `ClassSample` per class.
+
+    `dataset` items are (image, label, image_id) sorted so that each class's images are contiguous;
+    `targets[i]` is the class item i is explained for (the model's predicted class, from the
+    `predict` rule: Sec. 4.1 selects images by prediction). Batches run across class boundaries
+    (captum takes one target per image), so a class with few images costs no extra pass; a class
+    is yielded as soon as its last image is done, so memory holds one class and one batch.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) != len(dataset):
+        raise ValueError(f"{len(targets)} targets for {len(dataset)} images")
+    starts = np.flatnonzero(np.r_[True, targets[1:] != targets[:-1]])
+    if len(np.unique(targets[starts])) != len(starts):
+        raise ValueError("images must be grouped by target class (a class appears in two runs)")
+    options = dict(attribution_options or {})
+    device = next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    pending: dict[str, list[np.ndarray]] = {"activations": [], "attributions": [], "image_ids": [], "labels": []}
+    position = 0
+    ends = np.r_[starts[1:], len(targets)]
+    next_class = 0
+
+    def flush(cls_index: int) -> ClassSample:
+        sample = ClassSample(
+            target=int(targets[starts[cls_index]]),
+            layer=layer,
+            method=method,
+            image_ids=np.concatenate(pending["image_ids"]).astype(np.int64),
+            labels=np.concatenate(pending["labels"]).astype(np.int64),
+            activations=np.concatenate(pending["activations"]),
+            attributions=np.concatenate(pending["attributions"]),
+            n_scanned=int(ends[cls_index] - starts[cls_index]),
+        )
+        for value in pending.values():
+            value.clear()
+        return sample
+
+    with tqdm(total=len(targets), desc=f"attribution {layer} ({method})", disable=not progress) as bar:
+        for batch_index, (images, labels, ids) in enumerate(loader):
+            batch_targets = torch.as_tensor(targets[position : position + len(images)])
+            images = images.to(device)
+            with torch.no_grad(), LayerRecorder(model, [layer]) as recorder:
+                model(images)
+            if "seed" in get_attribution_method(method).options:
+                options["seed"] = seed + batch_index  # a different noise draw per batch, fixed by the seed
+            attribution = layer_attribution(model, images, layer, batch_targets, method, preprocess=preprocess, **options)
+            acts = recorder.outputs[layer].float().cpu().numpy()
+            attrs = attribution.float().cpu().numpy()
+            ids, labels = np.asarray(ids), np.asarray(labels)
+            offset = 0
+            while offset < len(images):
+                take = min(len(images) - offset, int(ends[next_class] - (position + offset)))
+                part = slice(offset, offset + take)
+                pending["activations"].append(acts[part])
+                pending["attributions"].append(attrs[part])
+                pending["image_ids"].append(ids[part])
+                pending["labels"].append(labels[part])
+                offset += take
+                if position + offset == ends[next_class]:
+                    yield flush(next_class)
+                    next_class += 1
+            position += len(images)
+            bar.update(len(images))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Showing and testing concepts with dataset crops (concepts paper, Sec. 4.2-4.3), over crop pools.
+
+A concept is shown as the m crops of a crop pool most similar to it (cosine similarity of the
+crop's spatially averaged activation with the concept vector, Sec. 4.2). A pool is one dataset's
+crop store and FAISS index; several pools (e.g. ImageNet plus a varied second set, as the stricter
+test needs, Sec. 7) are searched one by one and merged by score. The stricter variant excludes
+every crop whose image, or the crop itself, the model predicts as the explained class (Fig. 1,
+Table 2); the filter runs inside the index search, so nothing scans all crops per class.
+
+    pools = [CropPool.open("imagenette", data_dir, crops_dir, index_path, predictions, "features.18")]
+    hits = search_pools(pools, concept_vectors, m=8, exclude_target=388)
+    image = stitch_hits(pools, hits, size=74)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..data import WATERMARK_COLUMNS, PreparedDataset
+from ..index import CropIndex
+from ..store import CropStore, layer_store_name
+from ..viz import crop_image
+from .concepts import stitch_crops
+
+
+@dataclass
+class CropPool:
+    """One dataset's crops at one layer: store, index, and the model's predictions per crop row."""
+
+    name: str
+    data: PreparedDataset
+    store: CropStore
+    index: CropIndex
+    image_pred: np.ndarray  # (M,) the model's class for the crop's whole image
+    crop_pred: np.ndarray | None  # (M,) the model's class for the crop on its own (None in `cells` mode)
+
+    @classmethod
+    def open(cls, name: str, data_dir, crops_dir, index_path, predictions, layer: str) -> "CropPool":
+        """Open a pool from the pipeline's outputs; `predictions` is the model's parquet on that dataset."""
+        store = CropStore(Path(crops_dir) / layer_store_name(layer))
+        index = CropIndex.open(index_path, store)
+        frame = predictions if isinstance(predictions, pd.DataFrame) else pd.read_parquet(predictions, columns=["image_id", "pred"])
+        pred = frame.drop_duplicates("image_id").set_index("image_id")["pred"]
+        image_ids = store.image_ids
+        missing = ~np.isin(image_ids, pred.index.to_numpy())
+        if missing.any():
+            raise ValueError(
+                f"crop pool {name!r}: {len(np.unique(image_ids[missing]))} images of the crop store have no prediction "
+                f"({predictions if not isinstance(predictions, pd.DataFrame) else 'predictions'}); add their split to "
+                "`predict.splits` so that crops of images predicted as the explained class can be excluded"
+            )
+        image_pred = pred.reindex(image_ids).to_numpy().astype(np.int64)
+        return cls(name, PreparedDataset(data_dir), store, index, image_pred, store.predicted)
+
+    def __len__(self) -> int:
+        return len(self.image_pred)
+
+    def excluded(self, target: int) -> np.ndarray:
+        """Mask of the crops the stricter test may not use for `target`: image or crop predicted as it."""
+        mask = self.image_pred == target
+        if self.crop_pred is not None:
+            mask |= self.crop_pred == target
+        return mask
+
+
+@dataclass(frozen=True)
+class CropHits:
+    """The top-m crops of k queries across pools: pool index, crop-store row and cosine score, each (k, m).
+
+    Missing hits (fewer admissible crops than m) are pool -1, row -1, score -inf.
+    """
+
+    pool: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+def search_pools(
+    pools: Sequence[CropPool],
+    queries: np.ndarray,
+    m: int = 8,
+    *,
+    exclude_target: int | None = None,
+    one_per_image: bool = False,
+) -> CropHits:
+    """The m crops most similar to each query over all pools (merged by cosine similarity).
+
+    `exclude_target`: the stricter variant, no crop from an image predicted as that class and no
+    crop predicted as it on its own.
+    """
+    if not pools:
+        raise ValueError("no crop pool to search")
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    pool_ids, rows, scores = [], [], []
+    for i, pool in enumerate(pools):
+        exclude = pool.excluded(exclude_target) if exclude_target is not None else None
+        s, r = pool.index.search(queries, m, exclude_rows=exclude, one_per_image=one_per_image)
+        pool_ids.append(np.where(r >= 0, i, -1))
+        rows.append(r)
+        scores.append(s)
+    pool_ids, rows, scores = (np.concatenate(a, axis=1) for a in (pool_ids, rows, scores))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :m]
+    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return CropHits(pool=take(pool_ids), rows=take(rows), scores=take(scores))
+
+
+def hit_records(pools: Sequence[CropPool], hits: CropHits) -> pd.DataFrame:
+    """One row per hit: concept, rank, pool, row, image_id, box, score, the model's image and crop
+    predictions, and whether the crop overlaps the image's recorded watermark box (False where none)."""
+    records = []
+    for (concept, rank), pool_index in np.ndenumerate(hits.pool):
+        if pool_index < 0:
+            continue
+        records.append((concept, rank, int(pool_index), int(hits.rows[concept, rank]), float(hits.scores[concept, rank])))
+    frame = pd.DataFrame(records, columns=["concept", "rank", "pool_index", "row", "score"])
+    parts = []
+    for pool_index, group in frame.groupby("pool_index", sort=True):
+        pool = pools[pool_index]
+        rows = group["row"].to_numpy()
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        boxes = np.empty((len(rows), 4), np.float64)
+        image_ids = np.empty(len(rows), np.int64)
+        boxes[order] = pool.store["box"].oindex[sorted_rows]
+        image_ids[order] = pool.store["image_id"].oindex[sorted_rows]
+        group = group.assign(
+            pool=pool.name,
+            image_id=image_ids,
+            box_x0=boxes[:, 0],
+            box_y0=boxes[:, 1],
+            box_x1=boxes[:, 2],
+            box_y1=boxes[:, 3],
+            image_pred=pool.image_pred[rows],
+            crop_pred=pool.crop_pred[rows] if pool.crop_pred is not None else -1,
+        )
+        marks = pool.data.manifest.set_index("image_id").loc[image_ids, WATERMARK_COLUMNS].to_numpy()
+        group["overlaps_watermark"] = boxes_overlap(boxes, marks)
+        parts.append(group)
+    columns = ["concept", "rank", "pool", "row", "image_id", "box_x0", "box_y0", "box_x1", "box_y1", "score", "image_pred", "crop_pred", "overlaps_watermark"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts).sort_values(["concept", "rank"]).reset_index(drop=True)[columns]
+
+
+def boxes_overlap(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """Whether each box (x0, y0, x1, y1) overlaps the matching watermark box with positive area.
+
+    Watermark boxes with x0 < 0 mean "no watermark" (never overlapping).
+    """
+    boxes, marks = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(marks, np.float64).reshape(-1, 4)
+    width = np.minimum(boxes[:, 2], marks[:, 2]) - np.maximum(boxes[:, 0], marks[:, 0])
+    height = np.minimum(boxes[:, 3], marks[:, 3]) - np.maximum(boxes[:, 1], marks[:, 1])
+    return (marks[:, 0] >= 0) & (width > 0) & (height > 0)
+
+
+def hit_tile(pools: Sequence[CropPool], pool_index: int, row: int, size: int) -> Image.Image:
+    """The crop of one hit, cut from its original image and resized to size x size (RGB)."""
+    pool = pools[pool_index]
+    image_id = int(pool.store["image_id"][row])
+    box = pool.store["box"][row]
+    return crop_image(pool.data, image_id, box, size)
+
+
+def stitch_hits(pools: Sequence[CropPool], hits: CropHits, size: int) -> Image.Image | None:
+    """The prediction test's image (Sec. 4.3): the top crop of each concept, stacked in height.
+
+    None when some concept has no admissible crop.
+    """
+    if (hits.pool[:, 0] < 0).any():
+        return None
+    return stitch_crops([hit_tile(pools, int(p), int(r), size) for p, r in zip(hits.pool[:, 0], hits.rows[:, 0])], size=size)
+
+
+def concept_figure(
+    pools: Sequence[CropPool],
+    panels: dict[str, CropHits],
+    importance: Sequence[float],
+    *,
+    title: str,
+    tile: int = 80,
+) -> Image.Image:
+    """One class's concepts as the paper's Figures 5-8: per panel (e.g. crops allowed / excluding the
+    class), one row per concept with its top-m crops, most similar left, cosine scores underneath."""
+    from ..viz import stack_vertically, tile_grid
+
+    images = []
+    for label, hits in panels.items():
+        tiles = [[hit_tile(pools, int(p), int(r), tile) if p >= 0 else None for p, r in zip(pool_row, row_row)] for pool_row, row_row in zip(hits.pool, hits.rows)]
+        labels = [f"concept {i + 1}\n({share:.0%})" for i, share in enumerate(importance)]
+        images.append(tile_grid(tiles, row_labels=labels, scores=hits.scores, title=f"{title} - {label}", tile=tile))
+    return stack_vertically(images)

@@ -1,0 +1,95 @@
+"""Rule extract_concepts: NMF concepts of every explained class at one layer -> components.npz + classes.csv.
+
+One attribution pass over the images of all classes (grouped by predicted class, at most S per
+class), then per class one NMF per n (the figure's n and the sweep). components.npz holds, per n,
+`components_n{n}` (K, n, C) and `importance_n{n}` (K, n) (NaN for classes without concepts) and
+`classes` (K,); classes.csv says per class and n how many images and positions were used, the NMF
+fit, or why a class has no concepts.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _common import setup, selected_rows
+from conceptscope.data import ImageDataset, PreparedDataset
+from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, check_non_negative, iter_class_samples
+from conceptscope.models import build_transform, load_model
+from conceptscope.utils import atomic_path, resolve_device
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log = setup(sm)
+opts = sm.params.concepts
+device = resolve_device(sm.params.device)
+model, info = load_model(Path(sm.input.info).parent, device)
+data = PreparedDataset(sm.input.data)
+layer = sm.wildcards.layer
+sizes = sorted({opts["n_concepts"], *opts["sweep"]})
+
+labelled = sorted(int(c) for c in data.manifest["label"].unique() if c >= 0)
+classes = [int(c) for c in opts["classes"]] if opts["classes"] is not None else labelled
+selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
+rows = selected_rows(data, selection, [sm.input.predictions])
+rows = rows[rows["group"].isin(classes)].sort_values(["group", "image_id"], kind="stable")
+log.info(
+    "%s/%s/%s: %d classes, %d images predicted as them (at most %d per class), n = %s, %s attribution",
+    sm.wildcards.dataset, sm.wildcards.model, layer, len(classes), len(rows), opts["max_images"], sizes, opts["attribution"],
+)
+
+components = {n: np.full((len(classes), n, 0), np.nan, np.float32) for n in sizes}
+importance = {n: np.full((len(classes), n), np.nan) for n in sizes}
+position = {c: i for i, c in enumerate(classes)}
+records = []
+started = time.perf_counter()
+samples = iter_class_samples(
+    model,
+    ImageDataset(data, rows, build_transform(info["preprocess"])),
+    rows["group"].to_numpy(),
+    layer,
+    method=opts["attribution"],
+    batch_size=opts["batch_size"],
+    preprocess=info["preprocess"],
+    seed=sm.params.seed,
+    attribution_options=opts["attribution_options"],
+)
+for sample in samples:
+    check_non_negative(sample.activations, layer)
+    if not (np.isfinite(sample.activations).all() and np.isfinite(sample.attributions).all()):
+        raise ValueError(f"class {sample.target}: NaN or inf in the activations or attributions of layer {layer!r}")
+    vectors, _ = attribution_weighted_vectors(sample.activations, sample.attributions)
+    n_positions = sample.activations.shape[0] * sample.activations.shape[2] * sample.activations.shape[3]
+    k = position[sample.target]
+    for n in sizes:
+        record = {"class": sample.target, "n_concepts": n, "n_images": len(sample.image_ids), "n_vectors": len(vectors),
+                  "kept_fraction": len(vectors) / n_positions}
+        try:
+            fit = ConceptExtractor(n, seed=sm.params.seed).fit_vectors(vectors, n_positions=n_positions, n_images=len(sample.image_ids))
+        except ValueError as error:  # e.g. no position with positive attribution: say so, per class
+            log.warning("class %d, n=%d: no concepts: %s", sample.target, n, error)
+            records.append({**record, "status": str(error)})
+            continue
+        if components[n].shape[2] == 0:
+            components[n] = np.full((len(classes), n, fit.components_.shape[1]), np.nan, np.float32)
+        components[n][k] = fit.components_
+        importance[n][k] = fit.importance_
+        records.append({**record, "relative_error": fit.relative_error_, "n_iter": fit.n_iter_, "status": "ok"})
+done = {r["class"] for r in records}
+for c in classes:
+    if c not in done:
+        records += [{"class": c, "n_concepts": n, "n_images": 0, "n_vectors": 0, "status": "no image is predicted as this class"} for n in sizes]
+elapsed = time.perf_counter() - started
+table = pd.DataFrame(records).sort_values(["class", "n_concepts"], kind="stable")
+table.insert(1, "class_name", [data.classes[c] if c < len(data.classes) else str(c) for c in table["class"]])
+n_ok = int((table.loc[table["n_concepts"] == opts["n_concepts"], "status"] == "ok").sum())
+log.info("concepts for %d of %d classes in %.1f s (%.2f s per class)", n_ok, len(classes), elapsed, elapsed / max(len(classes), 1))
+arrays = {"classes": np.asarray(classes, np.int64), "layer": np.asarray(layer), "seconds": np.asarray(elapsed)}
+for n in sizes:
+    arrays[f"components_n{n}"] = components[n]
+    arrays[f"importance_n{n}"] = importance[n]
+with atomic_path(sm.output.components) as tmp:
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+with atomic_path(sm.output.classes) as tmp:
+    table.to_csv(tmp, index=False)

@@ -1,0 +1,62 @@
+"""Rule summarize_concepts: the prediction-test table (paper Tables 1-2, Figure 4) and the watermark measure.
+
+tables/concepts_prediction_test.csv: per model x dataset x layer x n x variant, avg_pred (mean
+softmax of the class for its stitched explanation image) and pct_target (% of classes for which it
+is the argmax), over every explained class (a class without concepts counts as a failure).
+tables/concepts_watermark.csv: for datasets with a planted shortcut, per class and concept (figure
+n, crops allowed from any image), the share of its top-m crops whose box overlaps the watermark
+box recorded for the crop's image, and whether the class is the shortcut class.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from _common import setup
+from conceptscope.utils import atomic_path
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log = setup(sm)
+rows, marks = [], []
+for job, folder in zip(sm.params.jobs, sm.input.tests):
+    folder = Path(folder)
+    tests = pd.read_csv(folder / "prediction_test.csv")
+    for (n, exclude), part in tests.groupby(["n_concepts", "exclude_target"], sort=True):
+        rows.append({
+            **job,
+            "attribution": sm.params.attribution,
+            "n_concepts": int(n),
+            "exclude_target": bool(exclude),
+            "avg_pred": part["target_prob"].mean(),
+            "pct_target": 100.0 * part["predicts_target"].mean(),
+            "n_classes": len(part),
+            "n_without_concepts": int((part["status"] == "no concepts").sum()),
+        })
+    shortcut = sm.params.shortcut_classes.get(job["dataset"])
+    if shortcut is None:
+        continue
+    crops = pd.read_parquet(folder / "top_crops.parquet")
+    crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)]
+    for (cls, n, concept), part in crops.groupby(["class", "n_concepts", "concept"], sort=True):
+        marks.append({
+            **job,
+            "n_concepts": int(n),
+            "class": int(cls),
+            "concept": int(concept) + 1,
+            "shortcut_class": int(cls) == int(shortcut),
+            "share_overlapping_watermark": part["overlaps_watermark"].mean(),
+            "top_m": len(part),
+        })
+table = pd.DataFrame(rows, columns=["dataset", "model", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"])
+table = table[["model", "dataset", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"]]
+with atomic_path(sm.output.table) as tmp:
+    table.to_csv(tmp, index=False)
+watermark = pd.DataFrame(marks, columns=["dataset", "model", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "top_m"])
+watermark = watermark[["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "top_m"]]
+with atomic_path(sm.output.watermark) as tmp:
+    watermark.to_csv(tmp, index=False)
+for (model, layer), part in watermark.groupby(["model", "layer"], sort=False):
+    best = part[part["shortcut_class"]]["share_overlapping_watermark"].max()
+    other = part[~part["shortcut_class"]].groupby("class")["share_overlapping_watermark"].max().mean()
+    log.info("%s %s: best shortcut-class concept %.2f of top crops on the watermark; other classes' best concept %.2f on average", model, layer, best, other)
+log.info("%d prediction-test rows, %d watermark rows", len(table), len(watermark))
