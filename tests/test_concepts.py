@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -22,6 +23,7 @@ from conceptscope.data import PreparedDataset, prepare_dataset
 from conceptscope.methods.concepts import (
     ConceptExtractor,
     attribution_weighted_vectors,
+    iter_class_samples,
     prediction_test,
     sample_class,
     stitch_crops,
@@ -215,6 +217,47 @@ def test_fit_class_explains_the_images_predicted_as_the_class(photos):
     assert list(concepts.image_ids_) == [goose, goose] and concepts.n_images_ == 2
     assert concepts.components_.shape == (4, 1280) and (concepts.components_ >= 0).all()
     assert 0 < concepts.relative_error_ < 0.5 and 0 < concepts.kept_fraction_ <= 1
+
+
+def test_all_classes_in_one_pass_equal_one_class_at_a_time(photos):
+    """The pipeline's pass over all classes (batches crossing class boundaries, one target per
+    image) gives each class exactly what a separate per-class pass gives."""
+    model, dataset, preprocess = photos["model"], photos["dataset"], photos["preprocess"]
+    predicted = np.tile(photos["logits"].argmax(1).numpy(), 2)  # every photo twice: every class has >= 2 images
+    order = np.argsort(predicted, kind="stable")
+    rows = pd.concat([dataset.rows, dataset.rows]).iloc[order]
+    grouped = type(dataset)(dataset.dataset, rows, dataset.transform)
+    samples = list(iter_class_samples(model, grouped, predicted[order], "features.18", batch_size=3, preprocess=preprocess, progress=False))
+    assert [s.target for s in samples] == sorted(set(predicted.tolist()))
+    assert sum(len(s.image_ids) for s in samples) == 2 * len(dataset)
+    # classes whose images straddle a batch boundary, and the last class
+    starts = np.cumsum([0] + [len(s.image_ids) for s in samples])
+    checked = [s for s, a, b in zip(samples, starts[:-1], starts[1:]) if a // 3 != (b - 1) // 3][:2]
+    assert checked, "no class straddles a batch boundary: the test would not test it"
+    checked.append(samples[-1])
+    for sample in checked:
+        alone = sample_class(model, grouped, "features.18", sample.target, preprocess=preprocess, progress=False)
+        assert list(sample.image_ids) == list(alone.image_ids)
+        np.testing.assert_allclose(sample.activations, alone.activations, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sample.attributions, alone.attributions, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="grouped by target class"):
+        iter_class_samples(model, dataset, np.tile([GOOSE, JEEP], 13)[: len(dataset)], "features.18", progress=False)
+
+
+def test_nmf_sweep_reconstructs_better_with_more_concepts_and_refuses_empty_input(photos):
+    acts = photos["acts"]["features.18"][:6]
+    attrs = layer_attribution(photos["model"], photos["images"][:6], "features.18", GOOSE, preprocess=photos["preprocess"]).numpy()
+    vectors, _ = attribution_weighted_vectors(acts, attrs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        errors = [ConceptExtractor(n).fit_vectors(vectors).relative_error_ for n in (1, 4, 16)]
+        full = ConceptExtractor(40, max_iter=2000, init="nndsvda").fit_vectors(vectors[:40])
+    assert errors[0] > errors[1] > errors[2]
+    assert full.relative_error_ < 0.05  # as many components as vectors: NMF reproduces its input
+    with pytest.raises(ValueError, match="only 0 positions have positive attribution"):
+        ConceptExtractor(4).fit_vectors(np.zeros((0, 1280), np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ConceptExtractor(1).fit_vectors(np.full((4, 8), np.nan, np.float32))
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,6 +84,16 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["datasets"].update(inet={"kind": "imagefolder"}), ["datasets.inet.root", "needs the path"]),
         (lambda c: c["models"]["vgg_clean"].update(preprocess={"channels": 2}), ["models.vgg_clean.preprocess.channels", "expected one of"]),
         (lambda c: c["models"].update({"bad name": {"arch": "vgg_small"}}), ["models", "bad name"]),
+        (lambda c: c.update(concepts={"models": ["vgg_nope"]}), ["concepts.models[0]", "vgg_nope", "vgg_clean"]),
+        (lambda c: c.update(concepts={"crop_pools": ["digits"]}), ["concepts.crop_pools[0]", "'digits'", "eval dataset"]),
+        (lambda c: c.update(concepts={"datasets": ["nowhere"]}), ["concepts.datasets[0]", "nowhere"]),
+        (lambda c: c.update(concepts={"classes": [10], "models": ["vgg_clean"]}), ["concepts.classes[0]", "10 classes"]),
+        (lambda c: c.update(concepts={"max_images": 0}), ["concepts.max_images", ">= 1"]),
+        (lambda c: c.update(concepts={"attribution": "lime"}), ["concepts.attribution", "deeplift"]),
+        (lambda c: c.update(concepts={"attribution_options": {"noise": 1}}), ["concepts.attribution_options", "noise"]),
+        (lambda c: c.update(predict={"splits": ["test"]}), ["concepts.split", "train"]),
+        (lambda c: c["models"]["vgg_clean"].update(layers=[]) or c.update(concepts={"models": ["vgg_clean"]}), ["concepts.models[0]", "no `layers`"]),
+        (lambda c: c["datasets"].update(tiny={"kind": "imagefolder", "root": ".", "test_dir": None, "train_dir": ".", "labels": "no/such.txt"}), ["datasets.tiny.labels", "does not exist"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

@@ -141,3 +141,32 @@ def test_interrupted_preparation_leaves_nothing_that_looks_finished(tmp_path, mo
     with pytest.raises(RuntimeError):
         prepare_dataset(digits_spec(max_per_class=2), tmp_path / "d")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flat_split_folder_labelled_by_an_annotation_file(tmp_path, tiny_imagenet_root):
+    """Tiny ImageNet's own val layout: one flat folder, classes and boxes from val_annotations.txt."""
+    annotations = tiny_imagenet_root / "val" / "val_annotations.txt"
+    spec = resolve_config(
+        {
+            "datasets": {
+                "t": {
+                    "kind": "imagefolder",
+                    "root": str(tiny_imagenet_root),
+                    "train_dir": None,
+                    "test_dir": "val/images",
+                    "labels": str(annotations),
+                    "boxes": str(annotations),
+                    "label_map": "imagenet",
+                    "max_per_class": 2,
+                }
+            }
+        }
+    )["datasets"]["t"]
+    data = _prepare(tmp_path, spec)
+    truth = {line.split("\t")[0]: line.split("\t") for line in annotations.read_text().splitlines()}
+    assert len(data.manifest) == 400 and data.manifest["label"].nunique() == 200
+    wnids = imagenet_wnids()
+    for row in data.manifest.itertuples():
+        file, wnid, *box = truth[row.source.rsplit("/", 1)[-1]]
+        assert row.label == wnids.index(wnid) and row.split == "test"
+        assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == tuple(map(float, box))

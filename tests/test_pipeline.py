@@ -71,7 +71,8 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
     workdir, config = finished_run
     extended = dict(config, models={**config["models"], "vgg_clean": {"arch": "vgg_small", "train_dataset": "digits", "eval_datasets": ["digits_shortcut"], "layers": ["features.7"], "train": {"epochs": 1}}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(extended))
-    model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "build_crop_index": 1, "summarize_models": 1, "all": 1}
+    model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "build_crop_index": 1, "summarize_models": 1,
+                  "extract_concepts": 1, "concept_crops": 1, "summarize_concepts": 1, "all": 1}
     try:
         assert planned_jobs(workdir) == model_jobs
         changed = yaml.safe_load(yaml.safe_dump(config))
@@ -87,9 +88,12 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
     try:
         for section, key, value, jobs in [
             ("activations", "dtype", "float16", {"extract_activations": 3}),
-            ("index", "type", "hnsw", {"build_crop_index": 3}),
-            # the index is built from the crop vectors, so it follows them
-            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3}),
+            ("index", "type", "hnsw", {"build_crop_index": 3, "concept_crops": 3, "summarize_concepts": 1}),
+            # the index is built from the crop vectors, so it follows them, and the concepts' crops follow both
+            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, "concept_crops": 3, "summarize_concepts": 1}),
+            # showing concepts is separate from extracting them: the NMF and attribution do not rerun
+            ("concepts", "top_m", 3, {"concept_crops": 3, "summarize_concepts": 1}),
+            ("concepts", "max_images", 4, {"extract_concepts": 3, "concept_crops": 3, "summarize_concepts": 1}),
         ]:
             changed = yaml.safe_load(yaml.safe_dump(config))
             changed.setdefault(section, {})[key] = value
@@ -112,3 +116,59 @@ def test_stores_of_the_tiny_run_are_complete_and_readable(finished_run):
     index = CropIndex.open(workdir / "results" / "index" / "photos" / "mobilenet_v2" / "features.18.faiss", crops)
     scores, rows = index.search(crops.vectors[:3], m=4)
     assert (rows[:, 0] == [0, 1, 2]).all() and index.index.ntotal == 225
+
+
+def test_concept_tables_figures_and_the_stricter_variant(finished_run):
+    from PIL import Image
+
+    workdir, config = finished_run
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables" / "concepts_prediction_test.csv")
+    assert list(table.columns[:8]) == ["model", "dataset", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target"]
+    jobs = {(m, spec["eval_datasets"][0] if spec.get("eval_datasets") else spec["train_dataset"], layer) for m, spec in config["models"].items() for layer in spec["layers"]}
+    assert set(table[["model", "dataset", "layer"]].itertuples(index=False, name=None)) == jobs
+    assert sorted(table["n_concepts"].unique()) == [1, 2, 4]  # the figure's n and the sweep
+    assert table["avg_pred"].between(0, 1).all() and table["pct_target"].between(0, 100).all()
+    folder = results / "concepts" / "photos" / "mobilenet_v2" / "features.18" / "crops"
+    tests = pd.read_csv(folder / "prediction_test.csv")
+    crops = pd.read_parquet(folder / "top_crops.parquet")
+    explained = tests["class"].unique()
+    assert len(explained) == 19  # the photos' labelled classes
+    # the stricter variant never shows a crop predicted as the class, nor one from an image predicted as it
+    strict = crops[crops["variant"] == "excluded"]
+    assert len(strict) and not (strict["image_pred"] == strict["class"]).any()
+    assert not (strict["crop_pred"] == strict["class"]).any()
+    allowed = crops[crops["variant"] == "allowed"]
+    assert (allowed["image_pred"] == allowed["class"]).any()  # so the filter above had something to remove
+    assert (crops.groupby(["class", "n_concepts", "variant", "concept"])["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    figures = sorted((folder / "figures").glob("*.png"))
+    assert len(figures) == len(tests.loc[tests["status"] == "ok", "class"].unique())
+    with Image.open(figures[0]) as image:
+        assert image.width > 4 * 80 and image.height > 2 * 4 * 80
+
+
+def test_pooled_search_equals_brute_force_over_the_union(finished_run):
+    import numpy as np
+
+    from conceptscope.index import brute_force_search
+    from conceptscope.methods.concept_crops import CropPool, search_pools
+
+    workdir, _ = finished_run
+    r = workdir / "results"
+    open_pool = lambda name: CropPool.open(  # noqa: E731
+        name, r / "data" / "photos", r / "crops" / "photos" / "mobilenet_v2", r / "index" / "photos" / "mobilenet_v2" / "features.18.faiss",
+        r / "predictions" / "photos" / "mobilenet_v2.parquet", "features.18",
+    )
+    pools = [open_pool("a"), open_pool("b")]  # the same crops twice: every hit comes in pairs
+    vectors = pools[0].store.vectors[:]
+    queries = vectors[[3, 50, 100]] + 0.01
+    hits = search_pools(pools, queries, m=6)
+    scores, rows = brute_force_search(vectors, queries, m=3)
+    np.testing.assert_allclose(hits.scores[:, ::2], scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hits.scores[:, 1::2], scores, rtol=1e-4, atol=1e-5)
+    assert (hits.rows[:, ::2] == rows).all() and set(np.unique(hits.pool)) == {0, 1}
+    target = int(pools[0].image_pred[rows[0, 0]])
+    strict = search_pools(pools[:1], queries, m=3, exclude_target=target)
+    keep = ~pools[0].excluded(target)
+    scores, kept_rows = brute_force_search(vectors[keep], queries, m=3)
+    assert (strict.rows == np.flatnonzero(keep)[kept_rows]).all()

@@ -60,10 +60,14 @@ for sample in samples:
         raise ValueError(f"class {sample.target}: NaN or inf in the activations or attributions of layer {layer!r}")
     vectors, _ = attribution_weighted_vectors(sample.activations, sample.attributions)
     n_positions = sample.activations.shape[0] * sample.activations.shape[2] * sample.activations.shape[3]
+    n_scored = len(vectors)
+    if opts["max_vectors"] and len(vectors) > opts["max_vectors"]:
+        keep = np.sort(np.random.default_rng(sm.params.seed + sample.target).choice(len(vectors), opts["max_vectors"], replace=False))
+        vectors = vectors[keep]
     k = position[sample.target]
     for n in sizes:
-        record = {"class": sample.target, "n_concepts": n, "n_images": len(sample.image_ids), "n_vectors": len(vectors),
-                  "kept_fraction": len(vectors) / n_positions}
+        record = {"class": sample.target, "n_concepts": n, "n_images": len(sample.image_ids), "n_vectors": n_scored,
+                  "n_vectors_fitted": len(vectors), "kept_fraction": n_scored / n_positions}
         try:
             fit = ConceptExtractor(n, seed=sm.params.seed).fit_vectors(vectors, n_positions=n_positions, n_images=len(sample.image_ids))
         except ValueError as error:  # e.g. no position with positive attribution: say so, per class

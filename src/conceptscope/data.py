@@ -447,6 +447,17 @@ class PreparedDataset:
             raise DatasetError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.manifest[self.manifest["split"] == split]
 
+    def row(self, image_id: int):
+        """The manifest row (a namedtuple) of one image id."""
+        ids = self.manifest["image_id"].to_numpy()
+        position = int(image_id)
+        if not (0 <= position < len(ids) and ids[position] == position):  # ids are 0..N-1 in manifest order
+            found = np.flatnonzero(ids == image_id)
+            if not len(found):
+                raise KeyError(f"image_id {image_id} is not in dataset {self.path}")
+            position = int(found[0])
+        return next(self.manifest.iloc[position : position + 1].itertuples(index=False))
+
     def _images_array(self) -> np.ndarray:
         if self._array is None:
             self._array = np.load(self.path / "images.npy", mmap_mode="r")

@@ -21,10 +21,7 @@ TEXT = (0, 0, 0)
 
 def crop_image(data: PreparedDataset, image_id: int, box: Sequence[float], tile: int) -> Image.Image:
     """The crop `box` (x0, y0, x1, y1, original pixels) of one dataset image, resized to tile x tile, RGB."""
-    row = data.manifest.loc[data.manifest["image_id"] == image_id]
-    if row.empty:
-        raise KeyError(f"image_id {image_id} is not in dataset {data.path}")
-    image = Image.fromarray(data.load_image(next(row.itertuples(index=False)))).convert("RGB")
+    image = Image.fromarray(data.load_image(data.row(image_id))).convert("RGB")
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     return image.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))).resize((tile, tile), Image.BILINEAR)
 

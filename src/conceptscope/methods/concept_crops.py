@@ -61,6 +61,12 @@ class CropPool:
     def __len__(self) -> int:
         return len(self.image_pred)
 
+    def watermarks(self, image_ids: np.ndarray) -> np.ndarray:
+        """(k, 4) recorded watermark boxes of the images (-1 where none)."""
+        if not hasattr(self, "_watermarks"):
+            self._watermarks = self.data.manifest.set_index("image_id")[WATERMARK_COLUMNS]
+        return self._watermarks.loc[np.asarray(image_ids)].to_numpy()
+
     def excluded(self, target: int) -> np.ndarray:
         """Mask of the crops the stricter test may not use for `target`: image or crop predicted as it."""
         mask = self.image_pred == target
@@ -139,7 +145,7 @@ def hit_records(pools: Sequence[CropPool], hits: CropHits) -> pd.DataFrame:
             image_pred=pool.image_pred[rows],
             crop_pred=pool.crop_pred[rows] if pool.crop_pred is not None else -1,
         )
-        marks = pool.data.manifest.set_index("image_id").loc[image_ids, WATERMARK_COLUMNS].to_numpy()
+        marks = pool.watermarks(image_ids)
         group["overlaps_watermark"] = boxes_overlap(boxes, marks)
         parts.append(group)
     columns = ["concept", "rank", "pool", "row", "image_id", "box_x0", "box_y0", "box_x1", "box_y1", "score", "image_pred", "crop_pred", "overlaps_watermark"]

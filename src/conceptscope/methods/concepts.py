@@ -344,7 +344,10 @@ def iter_class_samples(
     starts = np.flatnonzero(np.r_[True, targets[1:] != targets[:-1]])
     if len(np.unique(targets[starts])) != len(starts):
         raise ValueError("images must be grouped by target class (a class appears in two runs)")
-    options = dict(attribution_options or {})
+    return _class_samples(model, dataset, targets, starts, layer, method, batch_size, preprocess, seed, dict(attribution_options or {}), progress)
+
+
+def _class_samples(model, dataset, targets, starts, layer, method, batch_size, preprocess, seed, options, progress) -> Iterator[ClassSample]:
     device = next(model.parameters()).device
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
