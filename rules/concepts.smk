@@ -74,6 +74,7 @@ rule summarize_concepts:
     output:
         table=result("tables", "concepts_prediction_test.csv"),
         watermark=result("tables", "concepts_watermark.csv"),
+        sweep=directory(result("figures", "concepts_sweep")),
     params:
         jobs=[{"dataset": ds, "model": model, "layer": layer} for ds, model, layer in concept_jobs()],
         attribution=config["concepts"]["attribution"],

@@ -141,6 +141,8 @@ def test_concept_tables_figures_and_the_stricter_variant(finished_run):
     allowed = crops[crops["variant"] == "allowed"]
     assert (allowed["image_pred"] == allowed["class"]).any()  # so the filter above had something to remove
     assert (crops.groupby(["class", "n_concepts", "variant", "concept"])["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    sweeps = sorted(p.name for p in (results / "figures" / "concepts_sweep").glob("*.png"))
+    assert sweeps == sorted(f"{ds}_{m}.png" for m, ds, _ in jobs)
     figures = sorted((folder / "figures").glob("*.png"))
     assert len(figures) == len(tests.loc[tests["status"] == "ok", "class"].unique())
     with Image.open(figures[0]) as image:

@@ -3,6 +3,8 @@
 tables/concepts_prediction_test.csv: per model x dataset x layer x n x variant, avg_pred (mean
 softmax of the class for its stitched explanation image) and pct_target (% of classes for which it
 is the argmax), over every explained class (a class without concepts counts as a failure).
+figures/concepts_sweep/{dataset}_{model}.png: the paper's Figure 4 layout, avg_pred and pct_target
+against n, one line per layer (solid: excluding crops predicted as the class; dashed: allowing them).
 tables/concepts_watermark.csv: for datasets with a planted shortcut, per class and concept (figure
 n, crops allowed from any image), the share of its top-m crops whose box overlaps the watermark
 box recorded for the crop's image, and whether the class is the shortcut class.
@@ -55,6 +57,33 @@ watermark = pd.DataFrame(marks, columns=["dataset", "model", "layer", "n_concept
 watermark = watermark[["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "top_m"]]
 with atomic_path(sm.output.watermark) as tmp:
     watermark.to_csv(tmp, index=False)
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+out = Path(sm.output.sweep)
+with atomic_path(out) as tmp:
+    tmp.mkdir(parents=True)
+    for (dataset, model), part in table.groupby(["dataset", "model"], sort=False):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for i, (layer, lines) in enumerate(part.groupby("layer", sort=False)):
+            colour = f"C{i}"
+            for exclude, line in lines.groupby("exclude_target"):
+                style = "-" if exclude else "--"
+                line = line.sort_values("n_concepts")
+                axes[0].plot(line["n_concepts"], line["avg_pred"], style, color=colour, marker="o", label=f"{layer}" if exclude else None)
+                axes[1].plot(line["n_concepts"], line["pct_target"], style, color=colour, marker="o")
+        for ax in axes:
+            ax.set_xticks(sorted(part["n_concepts"].unique()))
+        axes[0].set(xlabel="n (NMF components)", ylabel="average prediction of the class", ylim=(0, 1.02))
+        axes[1].set(xlabel="n (NMF components)", ylabel="% predicts the class", ylim=(0, 102))
+        axes[0].legend(fontsize=8, title="solid: excluding class crops\ndashed: allowing them", title_fontsize=7)
+        fig.suptitle(f"Prediction test, {model} on {dataset} (concepts paper Figure 4)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(tmp / f"{dataset}_{model}.png", dpi=110)
+        plt.close(fig)
 for (model, layer), part in watermark.groupby(["model", "layer"], sort=False):
     best = part[part["shortcut_class"]]["share_overlapping_watermark"].max()
     other = part[~part["shortcut_class"]].groupby("class")["share_overlapping_watermark"].max().mean()
