@@ -373,7 +373,7 @@ def _class_samples(model, dataset, targets, starts, layer, method, batch_size, p
 
     with tqdm(total=len(targets), desc=f"attribution {layer} ({method})", disable=not progress) as bar:
         for batch_index, (images, labels, ids) in enumerate(loader):
-            batch_targets = torch.as_tensor(targets[position : position + len(images)])
+            batch_targets = torch.tensor(targets[position : position + len(images)])
             images = images.to(device)
             with torch.no_grad(), LayerRecorder(model, [layer]) as recorder:
                 model(images)
