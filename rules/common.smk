@@ -67,7 +67,8 @@ def concept_pairs():
 
 
 def concept_jobs():
-    return [(ds, model, layer) for ds, model in concept_pairs() for layer in MODELS[model]["layers"]]
+    wanted = config["concepts"]["layers"]
+    return [(ds, model, layer) for ds, model in concept_pairs() for layer in MODELS[model]["layers"] if wanted is None or layer in wanted]
 
 
 def crop_pools(dataset):

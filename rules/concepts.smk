@@ -79,6 +79,7 @@ rule summarize_concepts:
         jobs=[{"dataset": ds, "model": model, "layer": layer} for ds, model, layer in concept_jobs()],
         attribution=config["concepts"]["attribution"],
         n_concepts=config["concepts"]["n_concepts"],
+        results=RESULTS,
         shortcut_classes={ds: (spec["shortcut"] or {}).get("class") for ds, spec in DATASETS.items()},
     log:
         result("logs", "summarize_concepts.log"),

@@ -7,18 +7,36 @@ figures/concepts_sweep/{dataset}_{model}.png: the paper's Figure 4 layout, avg_p
 against n, one line per layer (solid: excluding crops predicted as the class; dashed: allowing them).
 tables/concepts_watermark.csv: for datasets with a planted shortcut, per class and concept (figure
 n, crops allowed from any image), the share of its top-m crops whose box overlaps the watermark
-box recorded for the crop's image, and whether the class is the shortcut class.
+box recorded for the crop's image (any overlap), the share that show at least half of the
+watermark's area, and whether the class is the shortcut class.
 """
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from _common import setup
+from conceptscope.data import WATERMARK_COLUMNS
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
+manifests = {}
+
+
+def watermark_covered(crops: pd.DataFrame, pool: str) -> np.ndarray:
+    """Share of each crop's image's watermark area that lies inside the crop box (0 where no watermark)."""
+    if pool not in manifests:
+        manifests[pool] = pd.read_parquet(Path(sm.params.results) / "data" / pool / "manifest.parquet").set_index("image_id")[WATERMARK_COLUMNS]
+    marks = manifests[pool].loc[crops["image_id"]].to_numpy(np.float64)
+    boxes = crops[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
+    width = np.clip(np.minimum(boxes[:, 2], marks[:, 2]) - np.maximum(boxes[:, 0], marks[:, 0]), 0, None)
+    height = np.clip(np.minimum(boxes[:, 3], marks[:, 3]) - np.maximum(boxes[:, 1], marks[:, 1]), 0, None)
+    area = (marks[:, 2] - marks[:, 0]) * (marks[:, 3] - marks[:, 1])
+    return np.where((marks[:, 0] >= 0) & (area > 0), width * height / np.where(area > 0, area, 1), 0.0)
+
+
 rows, marks = [], []
 for job, folder in zip(sm.params.jobs, sm.input.tests):
     folder = Path(folder)
@@ -38,7 +56,10 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
     if shortcut is None:
         continue
     crops = pd.read_parquet(folder / "top_crops.parquet")
-    crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)]
+    crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)].copy()
+    crops["covered"] = 0.0
+    for pool, part in crops.groupby("pool", sort=False):
+        crops.loc[part.index, "covered"] = watermark_covered(part, pool)
     for (cls, n, concept), part in crops.groupby(["class", "n_concepts", "concept"], sort=True):
         marks.append({
             **job,
@@ -47,14 +68,15 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
             "concept": int(concept) + 1,
             "shortcut_class": int(cls) == int(shortcut),
             "share_overlapping_watermark": part["overlaps_watermark"].mean(),
+            "share_showing_half_watermark": (part["covered"] >= 0.5).mean(),
             "top_m": len(part),
         })
 table = pd.DataFrame(rows, columns=["dataset", "model", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"])
 table = table[["model", "dataset", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"]]
 with atomic_path(sm.output.table) as tmp:
     table.to_csv(tmp, index=False)
-watermark = pd.DataFrame(marks, columns=["dataset", "model", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "top_m"])
-watermark = watermark[["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "top_m"]]
+columns = ["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "share_showing_half_watermark", "top_m"]
+watermark = pd.DataFrame(marks, columns=columns)[columns]
 with atomic_path(sm.output.watermark) as tmp:
     watermark.to_csv(tmp, index=False)
 

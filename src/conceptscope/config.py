@@ -211,6 +211,9 @@ def _check_concepts(config: dict) -> None:
                 )
     if not chosen:
         return
+    for i, layer in enumerate(opts["layers"] or []):
+        if not any(layer in models[m]["layers"] for m in chosen):
+            raise ConfigError(f"config key 'concepts.layers[{i}]': {layer!r} is not among the `layers` of model(s) {chosen}")
     needed = ["train", "test"] if opts["split"] == "all" else [opts["split"]]
     missing = [s for s in needed if s not in splits]
     if missing:
