@@ -197,7 +197,7 @@ def _check_concepts(config: dict) -> None:
             raise ConfigError(f"config key 'concepts.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
         if not models[name]["layers"]:
             raise ConfigError(f"config key 'concepts.models[{i}]': model {name!r} has no `layers` to explain")
-    chosen = [m for m in (opts["models"] or models) if models[m]["layers"]]
+    chosen = [m for m in (models if opts["models"] is None else opts["models"]) if models[m]["layers"]]
     for key in ("datasets", "crop_pools"):
         for i, ds in enumerate(opts[key] or []):
             if ds not in config["datasets"]:
