@@ -33,3 +33,16 @@ def selected_rows(data, selection: dict, predictions: list[str]):
     rows = pd.concat([data.split(s) for s in splits])
     preds = pd.concat([pd.read_parquet(p) for p in predictions]) if predictions else None
     return select_images(rows, per_class=selection["per_class"], by=selection["by"], predictions=preds)
+
+
+def job_model_and_data(snakemake):
+    """The job's model (on the configured device), its model.json info, and the prepared dataset."""
+    from pathlib import Path
+
+    from conceptscope.data import PreparedDataset
+    from conceptscope.models import load_model
+    from conceptscope.utils import resolve_device
+
+    device = resolve_device(snakemake.params.device)
+    model, info = load_model(Path(snakemake.input.info).parent, device)
+    return model, info, PreparedDataset(snakemake.input.data), device

@@ -15,20 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import setup
-from conceptscope.data import PreparedDataset
+from _common import job_model_and_data, setup
 from conceptscope.methods.concept_crops import CropPool, concept_figure, hit_records, search_pools, stitch_hits
 from conceptscope.methods.concepts import prediction_test, stitch_transform
-from conceptscope.models import load_model
-from conceptscope.utils import atomic_path, resolve_device
+from conceptscope.utils import atomic_path
 from conceptscope.viz import save_png
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 opts = sm.params.concepts
-device = resolve_device(sm.params.device)
-model, info = load_model(Path(sm.input.info).parent, device)
-data = PreparedDataset(sm.input.data)
+model, info, data, device = job_model_and_data(sm)
 layer = sm.wildcards.layer
 saved = np.load(sm.input.components)
 classes = saved["classes"]

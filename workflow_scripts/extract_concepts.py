@@ -8,23 +8,20 @@ fit, or why a class has no concepts.
 """
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from _common import setup, selected_rows
-from conceptscope.data import ImageDataset, PreparedDataset
+from _common import job_model_and_data, selected_rows, setup
+from conceptscope.data import ImageDataset
 from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, check_non_negative, iter_class_samples
-from conceptscope.models import build_transform, load_model
-from conceptscope.utils import atomic_path, resolve_device
+from conceptscope.models import build_transform
+from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 opts = sm.params.concepts
-device = resolve_device(sm.params.device)
-model, info = load_model(Path(sm.input.info).parent, device)
-data = PreparedDataset(sm.input.data)
+model, info, data, device = job_model_and_data(sm)
 layer = sm.wildcards.layer
 sizes = sorted({opts["n_concepts"], *opts["sweep"]})
 
