@@ -18,6 +18,7 @@ import pandas as pd
 
 from _common import setup
 from conceptscope.data import WATERMARK_COLUMNS
+from conceptscope.methods.concept_crops import watermark_covered
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -25,16 +26,12 @@ log = setup(sm)
 manifests = {}
 
 
-def watermark_covered(crops: pd.DataFrame, pool: str) -> np.ndarray:
+def covered(crops: pd.DataFrame, pool: str) -> np.ndarray:
     """Share of each crop's image's watermark area that lies inside the crop box (0 where no watermark)."""
     if pool not in manifests:
         manifests[pool] = pd.read_parquet(Path(sm.params.results) / "data" / pool / "manifest.parquet").set_index("image_id")[WATERMARK_COLUMNS]
-    marks = manifests[pool].loc[crops["image_id"]].to_numpy(np.float64)
-    boxes = crops[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
-    width = np.clip(np.minimum(boxes[:, 2], marks[:, 2]) - np.maximum(boxes[:, 0], marks[:, 0]), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], marks[:, 3]) - np.maximum(boxes[:, 1], marks[:, 1]), 0, None)
-    area = (marks[:, 2] - marks[:, 0]) * (marks[:, 3] - marks[:, 1])
-    return np.where((marks[:, 0] >= 0) & (area > 0), width * height / np.where(area > 0, area, 1), 0.0)
+    boxes = crops[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
+    return watermark_covered(boxes, manifests[pool].loc[crops["image_id"]].to_numpy())
 
 
 rows, marks = [], []
@@ -59,7 +56,7 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
     crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)].copy()
     crops["covered"] = 0.0
     for pool, part in crops.groupby("pool", sort=False):
-        crops.loc[part.index, "covered"] = watermark_covered(part, pool)
+        crops.loc[part.index, "covered"] = covered(part, pool)
     for (cls, n, concept), part in crops.groupby(["class", "n_concepts", "concept"], sort=True):
         marks.append({
             **job,

@@ -154,15 +154,29 @@ def hit_records(pools: Sequence[CropPool], hits: CropHits) -> pd.DataFrame:
     return pd.concat(parts).sort_values(["concept", "rank"]).reset_index(drop=True)[columns]
 
 
+def _intersection(boxes: np.ndarray, marks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Width and height of each box's intersection with its watermark box (may be <= 0), and the marks."""
+    boxes, marks = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(marks, np.float64).reshape(-1, 4)
+    width = np.minimum(boxes[:, 2], marks[:, 2]) - np.maximum(boxes[:, 0], marks[:, 0])
+    height = np.minimum(boxes[:, 3], marks[:, 3]) - np.maximum(boxes[:, 1], marks[:, 1])
+    return width, height, marks
+
+
 def boxes_overlap(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
     """Whether each box (x0, y0, x1, y1) overlaps the matching watermark box with positive area.
 
     Watermark boxes with x0 < 0 mean "no watermark" (never overlapping).
     """
-    boxes, marks = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(marks, np.float64).reshape(-1, 4)
-    width = np.minimum(boxes[:, 2], marks[:, 2]) - np.maximum(boxes[:, 0], marks[:, 0])
-    height = np.minimum(boxes[:, 3], marks[:, 3]) - np.maximum(boxes[:, 1], marks[:, 1])
+    width, height, marks = _intersection(boxes, marks)
     return (marks[:, 0] >= 0) & (width > 0) & (height > 0)
+
+
+def watermark_covered(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """Share of each watermark box's area inside the matching box (0 where there is no watermark)."""
+    width, height, marks = _intersection(boxes, marks)
+    area = (marks[:, 2] - marks[:, 0]) * (marks[:, 3] - marks[:, 1])
+    inside = np.clip(width, 0, None) * np.clip(height, 0, None)
+    return np.where((marks[:, 0] >= 0) & (area > 0), inside / np.where(area > 0, area, 1), 0.0)
 
 
 def hit_tile(pools: Sequence[CropPool], pool_index: int, row: int, size: int) -> Image.Image:
