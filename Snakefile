@@ -32,6 +32,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
 include: "rules/concepts.smk"
+include: "rules/contrast.smk"
 
 
 rule all:

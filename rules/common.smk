@@ -56,9 +56,9 @@ def explained_pairs():
     return [(ds, model) for ds, model in eval_pairs() if MODELS[model]["layers"]]
 
 
-def concept_pairs():
-    """(dataset, model) pairs the class concepts explain (`concepts.models` x `concepts.datasets`)."""
-    opts = config["concepts"]
+def method_pairs(block="concepts"):
+    """(dataset, model) pairs a method explains (`{block}.models` x `{block}.datasets`)."""
+    opts = config[block]
     return [
         (ds, model)
         for ds, model in explained_pairs()
@@ -66,9 +66,18 @@ def concept_pairs():
     ]
 
 
+def method_jobs(block="concepts"):
+    """(dataset, model, layer) a method runs on (`{block}.layers` picks among each model's layers)."""
+    wanted = config[block]["layers"]
+    return [(ds, model, layer) for ds, model in method_pairs(block) for layer in MODELS[model]["layers"] if wanted is None or layer in wanted]
+
+
+def concept_pairs():
+    return method_pairs("concepts")
+
+
 def concept_jobs():
-    wanted = config["concepts"]["layers"]
-    return [(ds, model, layer) for ds, model in concept_pairs() for layer in MODELS[model]["layers"] if wanted is None or layer in wanted]
+    return method_jobs("concepts")
 
 
 def crop_pools(dataset):
@@ -82,4 +91,6 @@ def all_targets():
         targets += [result("index", ds, model, f"{layer}.faiss") for layer in MODELS[model]["layers"]]
     if concept_jobs():
         targets.append(result("tables", "concepts_prediction_test.csv"))
+    if method_jobs("contrast"):
+        targets.append(result("tables", "contrast_shifting_test.csv"))
     return targets

@@ -17,23 +17,11 @@ import numpy as np
 import pandas as pd
 
 from _common import setup
-from conceptscope.data import WATERMARK_COLUMNS
-from conceptscope.methods.concept_crops import watermark_covered
+from conceptscope.methods.concept_crops import watermark_summary
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
-manifests = {}
-
-
-def covered(crops: pd.DataFrame, pool: str) -> np.ndarray:
-    """Share of each crop's image's watermark area that lies inside the crop box (0 where no watermark)."""
-    if pool not in manifests:
-        manifests[pool] = pd.read_parquet(Path(sm.params.results) / "data" / pool / "manifest.parquet").set_index("image_id")[WATERMARK_COLUMNS]
-    boxes = crops[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
-    return watermark_covered(boxes, manifests[pool].loc[crops["image_id"]].to_numpy())
-
-
 rows, marks = [], []
 for job, folder in zip(sm.params.jobs, sm.input.tests):
     folder = Path(folder)
@@ -53,21 +41,11 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
     if shortcut is None:
         continue
     crops = pd.read_parquet(folder / "top_crops.parquet")
-    crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)].copy()
-    crops["covered"] = 0.0
-    for pool, part in crops.groupby("pool", sort=False):
-        crops.loc[part.index, "covered"] = covered(part, pool)
-    for (cls, n, concept), part in crops.groupby(["class", "n_concepts", "concept"], sort=True):
-        marks.append({
-            **job,
-            "n_concepts": int(n),
-            "class": int(cls),
-            "concept": int(concept) + 1,
-            "shortcut_class": int(cls) == int(shortcut),
-            "share_overlapping_watermark": part["overlaps_watermark"].mean(),
-            "share_showing_half_watermark": (part["covered"] >= 0.5).mean(),
-            "top_m": len(part),
-        })
+    crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)]
+    shares = watermark_summary(crops, Path(sm.params.results) / "data", ["class", "n_concepts", "concept"])
+    for record in shares.to_dict("records"):
+        marks.append({**job, **record, "class": int(record["class"]), "n_concepts": int(record["n_concepts"]),
+                      "concept": int(record["concept"]) + 1, "shortcut_class": int(record["class"]) == int(shortcut)})
 table = pd.DataFrame(rows, columns=["dataset", "model", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"])
 table = table[["model", "dataset", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"]]
 with atomic_path(sm.output.table) as tmp:

@@ -188,36 +188,58 @@ def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> No
         raise ConfigError(f"config key '{key}.by': selecting by predicted class needs predictions of split(s) {missing}; add them to predict.splits")
 
 
-def _check_concepts(config: dict) -> None:
-    """The `concepts` block against the models, datasets and predictions it refers to."""
-    opts = config["concepts"]
+def _check_method(config: dict, block: str) -> list[str]:
+    """A method block's models, datasets, layers, classes and split against the rest of the config.
+
+    Returns the models the block explains.
+    """
+    opts = config[block]
     models, splits = config["models"], config["predict"]["splits"]
     for i, name in enumerate(opts["models"] or []):
         if name not in models:
-            raise ConfigError(f"config key 'concepts.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
+            raise ConfigError(f"config key '{block}.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
         if not models[name]["layers"]:
-            raise ConfigError(f"config key 'concepts.models[{i}]': model {name!r} has no `layers` to explain")
+            raise ConfigError(f"config key '{block}.models[{i}]': model {name!r} has no `layers` to explain")
     chosen = [m for m in (models if opts["models"] is None else opts["models"]) if models[m]["layers"]]
-    for key in ("datasets", "crop_pools"):
-        for i, ds in enumerate(opts[key] or []):
+    pools = opts.get("crop_pools") if block == "concepts" else None
+    for key, names in (("datasets", opts["datasets"]), ("crop_pools", pools)):
+        for i, ds in enumerate(names or []):
             if ds not in config["datasets"]:
-                raise ConfigError(f"config key 'concepts.{key}[{i}]': unknown dataset {ds!r}; datasets are {sorted(config['datasets'])}")
+                raise ConfigError(f"config key '{block}.{key}[{i}]': unknown dataset {ds!r}; datasets are {sorted(config['datasets'])}")
             # explained datasets pair with the models that evaluate on them; crop pools must serve every model
             lacking = [m for m in chosen if ds not in models[m]["eval_datasets"]]
             if lacking and (key == "crop_pools" or len(lacking) == len(chosen)):
                 raise ConfigError(
-                    f"config key 'concepts.{key}[{i}]': dataset {ds!r} is not an eval dataset of model(s) {lacking}; "
+                    f"config key '{block}.{key}[{i}]': dataset {ds!r} is not an eval dataset of model(s) {lacking}; "
                     "add it to their eval_datasets (its predictions, crops and index are needed)"
                 )
     if not chosen:
-        return
+        return chosen
     for i, layer in enumerate(opts["layers"] or []):
         if not any(layer in models[m]["layers"] for m in chosen):
-            raise ConfigError(f"config key 'concepts.layers[{i}]': {layer!r} is not among the `layers` of model(s) {chosen}")
-    needed = ["train", "test"] if opts["split"] == "all" else [opts["split"]]
-    missing = [s for s in needed if s not in splits]
-    if missing:
-        raise ConfigError(f"config key 'concepts.split': concepts are learned from images by predicted class, which needs predictions of split(s) {missing}; add them to predict.splits")
+            raise ConfigError(f"config key '{block}.layers[{i}]': {layer!r} is not among the `layers` of model(s) {chosen}")
+    split_keys = [(f"{block}.split", opts["split"])]
+    if block == "contrast" and opts["shift"]["split"] is not None:
+        split_keys.append(("contrast.shift.split", opts["shift"]["split"]))
+    for key, split in split_keys:
+        missing = [s for s in (["train", "test"] if split == "all" else [split]) if s not in splits]
+        if missing:
+            raise ConfigError(
+                f"config key '{key}': images are chosen by predicted class, which needs predictions of split(s) {missing}; add them to predict.splits"
+            )
+    for m in chosen:
+        n_classes = model_num_classes(models[m], config["datasets"])
+        for i, cls in enumerate(opts["classes"] or []):
+            if cls >= n_classes:
+                raise ConfigError(f"config key '{block}.classes[{i}]': class {cls} is not an output of model {m!r} ({n_classes} classes)")
+    return chosen
+
+
+def _check_concepts(config: dict) -> None:
+    """The `concepts` block against the models, datasets and predictions it refers to."""
+    if not _check_method(config, "concepts"):
+        return
+    splits = config["predict"]["splits"]
     crop_splits = ["train", "test"] if config["crops"]["selection"]["split"] == "all" else [config["crops"]["selection"]["split"]]
     missing = [s for s in crop_splits if s not in splits]
     if missing:
@@ -225,11 +247,23 @@ def _check_concepts(config: dict) -> None:
             f"config key 'crops.selection.split': the concepts' stricter test excludes crops of images predicted as the class, "
             f"which needs predictions of split(s) {missing}; add them to predict.splits"
         )
-    for m in chosen:
-        n_classes = model_num_classes(models[m], config["datasets"])
-        for i, cls in enumerate(opts["classes"] or []):
-            if cls >= n_classes:
-                raise ConfigError(f"config key 'concepts.classes[{i}]': class {cls} is not an output of model {m!r} ({n_classes} classes)")
+
+
+def _check_contrast(config: dict) -> None:
+    """The `contrast` block: as `concepts`, plus its concept pairs and offsets."""
+    chosen = _check_method(config, "contrast")
+    opts = config["contrast"]
+    for i, (a, b) in enumerate(opts["concept_pairs"] or []):
+        if a == b:
+            raise ConfigError(f"config key 'contrast.concept_pairs[{i}]': [{a}, {b}] contrasts a class with itself; give two different classes")
+        for m in chosen:
+            n_classes = model_num_classes(config["models"][m], config["datasets"])
+            if max(a, b) >= n_classes:
+                raise ConfigError(f"config key 'contrast.concept_pairs[{i}]': class {max(a, b)} is not an output of model {m!r} ({n_classes} classes)")
+        if opts["classes"] is not None and not {a, b} <= set(opts["classes"]):
+            raise ConfigError(f"config key 'contrast.concept_pairs[{i}]': [{a}, {b}] uses a class outside contrast.classes {opts['classes']}")
+    if chosen and opts["classes"] is not None and len(set(opts["classes"])) < 2:
+        raise ConfigError(f"config key 'contrast.classes': contrasting needs at least two classes, got {opts['classes']}")
 
 
 def model_num_classes(spec: dict, datasets: dict) -> int:
@@ -268,4 +302,5 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     _check_selection("activations.selection", config["activations"]["selection"], config["predict"]["splits"])
     _check_selection("crops.selection", config["crops"]["selection"], config["predict"]["splits"])
     _check_concepts(config)
+    _check_contrast(config)
     return config

@@ -238,3 +238,67 @@ def open_activations(results: str | Path, dataset: str, model: str, layer: str) 
 def open_crops(results: str | Path, dataset: str, model: str, layer: str) -> CropStore:
     """Open `results/crops/{dataset}/{model}/{layer}.zarr`."""
     return CropStore(Path(results) / "crops" / dataset / model / layer_store_name(layer))
+
+
+class ClassVectorStore:
+    """Per-class sets of activation vectors (e.g. the contrast method's cutoff vectors), one Zarr group.
+
+    Each class is a subgroup `c{class}` with `vectors` (N_c, C), `image_id` (N_c,) and `position`
+    (N_c, 2) = (y, x) at the layer; the group's attributes list the classes and their counts and
+    say whether the writer finished. Write with `ClassVectorStore.create`, `add` per class, `close`.
+    """
+
+    def __init__(self, path: str | Path, *, _group: zarr.Group | None = None):
+        self.path = Path(path)
+        if _group is None:
+            if not (self.path / "zarr.json").is_file():
+                raise StoreError(f"no class-vector store at {self.path}")
+            _group = zarr.open_group(str(self.path), mode="r")
+            if _group.attrs.get("complete") is not True:
+                raise StoreError(f"store {self.path} is incomplete (its writer did not finish); rerun the job that makes it")
+        self.group = _group
+
+    @classmethod
+    def create(cls, path: str | Path, attrs: dict[str, Any] | None = None, compression: str = "zstd") -> "ClassVectorStore":
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        group.attrs.update({**(attrs or {}), "classes": [], "counts": [], "complete": False})
+        store = cls(path, _group=group)
+        store._compressors = _compressors(compression, 1)
+        return store
+
+    def add(self, cls: int, vectors: np.ndarray, image_ids: np.ndarray, positions: np.ndarray) -> None:
+        """Store one class's vectors (N, C) with the image id and (y, x) of each."""
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(image_ids) != len(vectors) or len(positions) != len(vectors):
+            raise StoreError(f"class {cls}: vectors must be (N, C) with N image ids and positions, got {vectors.shape}, {len(image_ids)}, {len(positions)}")
+        classes = list(self.group.attrs["classes"])
+        if int(cls) in classes:
+            raise StoreError(f"class {cls} is already in {self.path}")
+        sub = self.group.create_group(f"c{int(cls)}")
+        for name, data in (("vectors", vectors), ("image_id", np.asarray(image_ids, np.int64)), ("position", np.asarray(positions, np.int32).reshape(-1, 2))):
+            chunks = (max(1, min(len(data), 2048)), *data.shape[1:])
+            sub.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=self._compressors, fill_value=0)[...] = data
+        self.group.attrs.update({"classes": classes + [int(cls)], "counts": list(self.group.attrs["counts"]) + [len(vectors)]})
+
+    def close(self) -> None:
+        self.group.attrs["complete"] = True
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in self.group.attrs["classes"]]
+
+    @property
+    def counts(self) -> dict[int, int]:
+        return dict(zip(self.classes, (int(n) for n in self.group.attrs["counts"])))
+
+    def vectors(self, cls: int) -> np.ndarray:
+        if int(cls) not in self.classes:
+            raise StoreError(f"store {self.path} has no vectors of class {cls}; it has classes {self.classes[:20]}")
+        return self.group[f"c{int(cls)}/vectors"][...]
+
+    def image_ids(self, cls: int) -> np.ndarray:
+        return self.group[f"c{int(cls)}/image_id"][...]

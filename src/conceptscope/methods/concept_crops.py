@@ -179,6 +179,30 @@ def watermark_covered(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
     return np.where((marks[:, 0] >= 0) & (area > 0), inside / np.where(area > 0, area, 1), 0.0)
 
 
+def watermark_summary(crops: pd.DataFrame, data_root, by: Sequence[str]) -> pd.DataFrame:
+    """Per group of top crops (`hit_records` rows), how much of the planted watermark they show.
+
+    `data_root` holds each pool's prepared dataset (`{data_root}/{pool}/manifest.parquet` with the
+    watermark box per image). Columns: `by`, share_overlapping_watermark (crop box overlaps the
+    watermark), share_showing_half_watermark (at least half the watermark's area inside the crop),
+    top_m (crops in the group).
+    """
+    crops = crops.copy()
+    crops["covered"] = 0.0
+    for pool, part in crops.groupby("pool", sort=False):
+        marks = pd.read_parquet(Path(data_root) / str(pool) / "manifest.parquet").set_index("image_id")[WATERMARK_COLUMNS]
+        boxes = part[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
+        crops.loc[part.index, "covered"] = watermark_covered(boxes, marks.loc[part["image_id"]].to_numpy())
+    crops["overlaps_watermark"] = crops["overlaps_watermark"].astype(float)
+    crops["showing_half"] = (crops["covered"] >= 0.5).astype(float)
+    grouped = crops.groupby(list(by), sort=True)
+    return pd.DataFrame({
+        "share_overlapping_watermark": grouped["overlaps_watermark"].mean(),
+        "share_showing_half_watermark": grouped["showing_half"].mean(),
+        "top_m": grouped.size(),
+    }).reset_index()
+
+
 def hit_tile(pools: Sequence[CropPool], pool_index: int, row: int, size: int) -> Image.Image:
     """The crop of one hit, cut from its original image and resized to size x size (RGB)."""
     pool = pools[pool_index]

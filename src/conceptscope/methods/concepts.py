@@ -443,6 +443,7 @@ class PredictionTest:
     target: np.ndarray  # (k,)
     target_prob: np.ndarray  # (k,) softmax probability of the target class ("average pred")
     predicted: np.ndarray  # (k,) argmax class
+    probs: np.ndarray | None = None  # (k, classes) the whole softmax
 
     @property
     def predicts_target(self) -> np.ndarray:
@@ -478,4 +479,4 @@ def prediction_test(
     finally:
         model.train(was_training)
     target_prob = np.array([p[t] for p, t in zip(probs, targets)], dtype=np.float64)
-    return PredictionTest(target=targets, target_prob=target_prob, predicted=np.asarray(predicted, dtype=np.int64))
+    return PredictionTest(target=targets, target_prob=target_prob, predicted=np.asarray(predicted, dtype=np.int64), probs=np.stack(probs))
