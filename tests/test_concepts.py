@@ -16,10 +16,7 @@ import torchvision
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
-from conceptscope.activations import LayerRecorder
 from conceptscope.attribution import AttributionError, layer_attribution, resolve_baseline
-from conceptscope.config import resolve_config
-from conceptscope.data import PreparedDataset, prepare_dataset
 from conceptscope.methods.concepts import (
     ConceptExtractor,
     attribution_weighted_vectors,
@@ -29,35 +26,9 @@ from conceptscope.methods.concepts import (
     stitch_crops,
     stitch_transform,
 )
-from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+from conceptscope.models import build_transform
 
 GOOSE, JEEP, CONVERTIBLE = 99, 609, 511  # ImageNet classes of the foolbox photos
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """The 25 real photos, MobileNetV2 with its ImageNet weights, inputs, logits and two layers."""
-    root = tmp_path_factory.mktemp("concepts")
-    prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
-    data = PreparedDataset(root / "photos")
-    preprocess = resolve_preprocess("mobilenet_v2", {})
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
-    dataset = data.torch_dataset("test", build_transform(preprocess))
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    with torch.no_grad(), LayerRecorder(model, ["features.14", "features.18"]) as recorder:
-        logits = model(images)
-    return {
-        "data": data,
-        "dataset": dataset,
-        "model": model,
-        "preprocess": preprocess,
-        "images": images,
-        "logits": logits,
-        "labels": np.array([dataset[i][1] for i in range(len(dataset))]),
-        "acts": {name: out.numpy() for name, out in recorder.outputs.items()},
-    }
 
 
 def _index_of_prediction(photos, cls: int) -> int:

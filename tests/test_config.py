@@ -94,6 +94,17 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c.update(predict={"splits": ["test"]}), ["concepts.split", "train"]),
         (lambda c: c["models"]["vgg_clean"].update(layers=[]) or c.update(concepts={"models": ["vgg_clean"]}), ["concepts.models[0]", "no `layers`"]),
         (lambda c: c["datasets"].update(tiny={"kind": "imagefolder", "root": ".", "test_dir": None, "train_dir": ".", "labels": "no/such.txt"}), ["datasets.tiny.labels", "does not exist"]),
+        (lambda c: c.update(contrast={"models": ["vgg_nope"]}), ["contrast.models[0]", "vgg_nope"]),
+        (lambda c: c.update(contrast={"layers": ["layer9"]}), ["contrast.layers[0]", "layer9"]),
+        (lambda c: c.update(contrast={"concept_pairs": [[3, 3]]}), ["contrast.concept_pairs[0]", "itself"]),
+        (lambda c: c.update(contrast={"concept_pairs": [[0, 10]], "models": ["vgg_clean"]}), ["contrast.concept_pairs[0]", "10 classes"]),
+        (lambda c: c.update(contrast={"concept_pairs": [[0, 1, 2]]}), ["contrast.concept_pairs.0", "too long"]),
+        (lambda c: c.update(contrast={"classes": [1, 2], "concept_pairs": [[1, 3]]}), ["contrast.concept_pairs[0]", "contrast.classes"]),
+        (lambda c: c.update(contrast={"classes": [4]}), ["contrast.classes", "at least two"]),
+        (lambda c: c.update(contrast={"cutoff": 1.5}), ["contrast.cutoff", "<= 1"]),
+        (lambda c: c.update(contrast={"shift": {"offsets": []}}), ["contrast.shift.offsets"]),
+        (lambda c: c.update(predict={"splits": ["test"]}, concepts={"models": []}, contrast={"shift": {"split": "train"}}), ["contrast.split", "train"]),
+        (lambda c: c.update(predict={"splits": ["train"]}, concepts={"models": []}, contrast={"split": "train", "shift": {"split": "test"}}), ["contrast.shift.split", "test"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

@@ -72,7 +72,8 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
     extended = dict(config, models={**config["models"], "vgg_clean": {"arch": "vgg_small", "train_dataset": "digits", "eval_datasets": ["digits_shortcut"], "layers": ["features.7"], "train": {"epochs": 1}}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(extended))
     model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "build_crop_index": 1, "summarize_models": 1,
-                  "extract_concepts": 1, "concept_crops": 1, "summarize_concepts": 1, "all": 1}
+                  "extract_concepts": 1, "concept_crops": 1, "summarize_concepts": 1, "extract_contrast_vectors": 1, "train_contrast_hyperplanes": 1,
+                  "run_shifting_test": 1, "extract_contrast_concepts": 1, "contrast_crops": 1, "summarize_contrast": 1, "all": 1}
     try:
         assert planned_jobs(workdir) == model_jobs
         changed = yaml.safe_load(yaml.safe_dump(config))
@@ -86,14 +87,20 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
 def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
     workdir, config = finished_run
     try:
+        crops_follow = {"concept_crops": 3, "summarize_concepts": 1, "contrast_crops": 3, "summarize_contrast": 1}
         for section, key, value, jobs in [
             ("activations", "dtype", "float16", {"extract_activations": 3}),
-            ("index", "type", "hnsw", {"build_crop_index": 3, "concept_crops": 3, "summarize_concepts": 1}),
+            ("index", "type", "hnsw", {"build_crop_index": 3, **crops_follow}),
             # the index is built from the crop vectors, so it follows them, and the concepts' crops follow both
-            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, "concept_crops": 3, "summarize_concepts": 1}),
+            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, **crops_follow}),
             # showing concepts is separate from extracting them: the NMF and attribution do not rerun
-            ("concepts", "top_m", 3, {"concept_crops": 3, "summarize_concepts": 1}),
+            ("concepts", "top_m", 3, crops_follow),
             ("concepts", "max_images", 4, {"extract_concepts": 3, "concept_crops": 3, "summarize_concepts": 1}),
+            # the shifting test and the contrast concepts use the trained classifiers; neither retrains them
+            ("contrast", "shift", {"offsets": [0.0, 5.0]}, {"run_shifting_test": 3, "summarize_contrast": 1}),
+            ("contrast", "n_concepts", 2, {"extract_contrast_concepts": 3, "contrast_crops": 3, "summarize_contrast": 1}),
+            ("contrast", "epochs", 50, {"train_contrast_hyperplanes": 3, "run_shifting_test": 3, "extract_contrast_concepts": 3,
+                                        "contrast_crops": 3, "summarize_contrast": 1}),
         ]:
             changed = yaml.safe_load(yaml.safe_dump(config))
             changed.setdefault(section, {})[key] = value
@@ -174,3 +181,41 @@ def test_pooled_search_equals_brute_force_over_the_union(finished_run):
     keep = ~pools[0].excluded(target)
     scores, kept_rows = brute_force_search(vectors[keep], queries, m=3)
     assert (strict.rows == np.flatnonzero(keep)[kept_rows]).all()
+
+
+def test_contrast_tables_classifiers_and_shifting_test(finished_run):
+    import numpy as np
+
+    from conceptscope.methods.contrast import ContrastHyperplanes
+    from conceptscope.store import ClassVectorStore
+
+    workdir, config = finished_run
+    results = workdir / "results"
+    shifting = pd.read_csv(results / "tables" / "contrast_shifting_test.csv")
+    assert list(shifting.columns[:6]) == ["model", "dataset", "layer", "default_pred_mean", "shifted_pred_mean", "shifted_pred_std"]
+    photos = shifting[shifting["model"] == "mobilenet_v2"].iloc[0]
+    assert photos["default_pred_mean"] < 0.01 < 0.3 < photos["shifted_pred_mean"]
+    assert photos["n_repeats"] == 2 and photos["pairs_per_repeat"] == 18 * 3  # 3 targets per start class
+    pairs = pd.read_csv(results / "tables" / "contrast_pairs.csv").set_index("model")
+    assert pairs.loc["mobilenet_v2", "n_pairs"] == 18 * 17 // 2 and pairs.loc["mobilenet_v2", "accuracy_min"] > 0.9
+    # the one-epoch digit nets predict a single class: nothing to contrast, said in the table, not a crash
+    assert (pairs.loc[["vgg_shortcut", "resnet_clean"], "n_pairs"] == 0).all()
+    folder = results / "contrast" / "photos" / "mobilenet_v2" / "features.18"
+    store = ClassVectorStore(folder / "vectors.zarr")
+    planes = ContrastHyperplanes.load(folder / "hyperplanes.zarr")
+    assert planes.classes_.tolist() == sorted(c for c, n in store.counts.items() if n)
+    trained = pd.read_parquet(folder / "pairs.parquet")
+    assert trained["accuracy"].between(0, 1).all() and len(trained) == len(planes.pairs_)
+    a, b = planes.pairs_[0]
+    w, bias = planes.hyperplane(a, b)
+    assert (store.vectors(a) @ w + bias > 0).mean() > 0.9 and (store.vectors(b) @ w + bias < 0).mean() > 0.9
+    tests = pd.read_csv(results / "tables" / "contrast_prediction_test.csv")
+    mine = tests[tests["model"] == "mobilenet_v2"]
+    assert len(mine) == 2 * 18 and mine["against"].notna().all() and (mine["class"] != mine["against"]).all()
+    assert mine["target_prob"].between(0, 1).all() and mine["against_prob"].between(0, 1).all()
+    figures = sorted((folder / "concepts" / "crops" / "figures").glob("class_*_vs_*.png"))
+    assert len(figures) == 18
+    assert (results / "figures" / "contrast_shifting" / "photos_mobilenet_v2.png").is_file()
+    offsets = pd.read_csv(folder / "shifting" / "offsets.csv")
+    assert sorted(offsets["offset"].unique()) == sorted(config["contrast"].get("shift", {}).get("offsets", [0.0, 0.5, 1.0, 2.0, 10.0, 15.0, 20.0, 35.0, 50.0, 200.0]))
+    assert np.isfinite(offsets["pred"]).all()

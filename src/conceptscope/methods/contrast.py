@@ -212,7 +212,7 @@ class ContrastHyperplanes:
             raise ValueError(f"pairs name classes without cutoff vectors: {missing[:10]}")
         n_features = widths.pop() if widths else 0
         device = torch.device(self.device) if self.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        chunk = self.chunk_pairs or len(pairs)
+        chunk = self.chunk_pairs or max(1, len(pairs))
         on_device = {c: torch.as_tensor(vectors[c]).to(device, self.dtype) for c in usable}
         coef = np.empty((len(pairs), n_features), np.float32)
         intercept, accuracy, loss = (np.empty(len(pairs), np.float64) for _ in range(3))
@@ -317,60 +317,88 @@ class _LayerLeafTracer(fx.Tracer):
         return qualified_name == self.layer or super().is_leaf_module(module, qualified_name)
 
 
-def model_tail(model: nn.Module, layer: str) -> fx.GraphModule | None:
-    """The part of `model` after `layer` as a module taking the layer's output, or None.
+def split_at_layer(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule] | None:
+    """`model` cut at `layer` into (head, tail), or None where it cannot be traced.
 
-    Built with torch.fx: the layer's call is replaced by an input and everything only it needed
-    is dropped. None where the model cannot be traced or something after the layer still needs
-    the image (e.g. a skip connection from the input, or the layer called twice).
+    head(images) returns (layer output, *saved) and tail(layer output, *saved) the logits, where
+    `saved` are the values computed before the layer that are still needed after it (e.g. the input
+    of a residual block whose first conv is the layer). Built with torch.fx; None for models with
+    data-dependent control flow or a layer called more than once.
     """
     get_layer(model, layer)
     try:
-        tail = fx.GraphModule(model, _LayerLeafTracer(layer).trace(model))
+        traced = fx.GraphModule(model, _LayerLeafTracer(layer).trace(model))
     except Exception:  # untraceable control flow: the caller falls back to a full forward pass
         return None
-    graph = tail.graph
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    if len(calls) != 1:
+    nodes = list(traced.graph.nodes)
+    cuts = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer]
+    if len(cuts) != 1:
         return None
-    (call,) = calls
-    with graph.inserting_before(call):
-        entry = graph.placeholder("layer_output")
-    call.replace_all_uses_with(entry)
-    graph.erase_node(call)
-    graph.eliminate_dead_code()
-    for node in [n for n in graph.nodes if n.op == "placeholder" and n is not entry]:
-        if node.users:
-            return None
-        graph.erase_node(node)
-    graph.lint()
-    tail.recompile()
-    tail.delete_all_unused_submodules()
-    return tail.eval()
+    before, after = nodes[: cuts[0] + 1], nodes[cuts[0] + 1 :]
+    call, inside = before[-1], set(before)
+    needed_after = [n for n in before[:-1] if any(user not in inside for user in n.users)]
+    head, tail = fx.Graph(), fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in before:
+        env[node] = head.node_copy(node, lambda n: env[n])
+    saved = [n for n in needed_after if n.op != "get_attr"]
+    head.output((env[call], *(env[n] for n in saved)))
+    env = {call: tail.placeholder("layer_output")}
+    for i, node in enumerate(saved):
+        env[node] = tail.placeholder(f"saved_{i}")
+    for node in [n for n in needed_after if n.op == "get_attr"] + after:  # parameters are read, not passed
+        env[node] = tail.node_copy(node, lambda n: env[n])
+    parts = []
+    for graph in (head, tail):
+        part = fx.GraphModule(traced, graph)
+        part.delete_all_unused_submodules()
+        parts.append(part.eval())
+    return parts[0], parts[1]
 
 
 class LayerRunner:
-    """Logits of a model whose activations at `layer` are replaced (by `model_tail`, else a hook)."""
+    """Run a model up to `layer` (head) and on from it with replaced activations (tail).
+
+    Uses `split_at_layer` where the model traces, so moving activations costs only the tail;
+    otherwise the head records the layer with a hook and the tail reruns the whole model with
+    the layer's output replaced.
+    """
 
     def __init__(self, model: nn.Module, layer: str):
         self.model, self.layer = model, layer
-        self.tail = model_tail(model, layer)
+        self.split = split_at_layer(model, layer)
+
+    @property
+    def traced(self) -> bool:
+        return self.split is not None
+
+    def head(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """(the layer's activations, what the tail needs besides them)."""
+        with torch.no_grad():
+            if self.split is not None:
+                out = self.split[0](images)
+                return out[0], tuple(out[1:])
+            with LayerRecorder(self.model, [self.layer]) as recorder:
+                self.model(images)
+            return recorder.outputs[self.layer], (images,)
+
+    def tail(self, activations: torch.Tensor, saved: tuple) -> torch.Tensor:
+        """The logits with the layer's output replaced by `activations` (`saved` from `head`)."""
+        with torch.no_grad():
+            if self.split is not None:
+                return self.split[1](activations, *saved)
+            handle = get_layer(self.model, self.layer).register_forward_hook(lambda module, inputs, output: activations)
+            try:
+                return self.model(*saved)
+            finally:
+                handle.remove()
 
     def activations(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), LayerRecorder(self.model, [self.layer]) as recorder:
-            self.model(images)
-        return recorder.outputs[self.layer]
+        return self.head(images)[0]
 
     def logits(self, images: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
         """The model's logits for `images` with the layer's output replaced by `activations`."""
-        with torch.no_grad():
-            if self.tail is not None:
-                return self.tail(activations)
-            handle = get_layer(self.model, self.layer).register_forward_hook(lambda module, inputs, output: activations)
-            try:
-                return self.model(images)
-            finally:
-                handle.remove()
+        return self.tail(activations, self.head(images)[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,29 +435,31 @@ def shift_predictions(
     target: int,
     *,
     offsets: Sequence[float] = SHIFT_OFFSETS,
-    activations: torch.Tensor | None = None,
+    heads: list[tuple[torch.Tensor, tuple]] | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """(O, N) softmax of `target` when the layer's activations move by offset x weight (then ReLU).
 
     Every position moves by the same vector (the reference translates the whole map); the ReLU keeps
     the activations in the range of a post-ReLU layer. Offset 0 gives the model's own prediction.
+    `heads`: `runner.head` of each batch of `images`, when already computed (one start class, many targets).
     """
-    device = images.device
-    normal = torch.as_tensor(_numpy(weight)).to(device)
-    if activations is None:
-        activations = torch.cat([runner.activations(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    if activations.shape[1] != len(normal):
-        raise ValueError(f"the hyperplane has {len(normal)} features but layer {runner.layer!r} has {activations.shape[1]} channels")
-    shape = (1, -1) + (1,) * (activations.ndim - 2)
+    if heads is None:
+        heads = [runner.head(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    normal = torch.as_tensor(_numpy(weight)).to(heads[0][0].device)
+    if heads[0][0].shape[1] != len(normal):
+        raise ValueError(f"the hyperplane has {len(normal)} features but layer {runner.layer!r} has {heads[0][0].shape[1]} channels")
+    shape = (1, -1) + (1,) * (heads[0][0].ndim - 2)
     probs = np.empty((len(offsets), len(images)), np.float64)
     for o, offset in enumerate(offsets):
-        for i in range(0, len(images), batch_size):
-            moved = activations[i : i + batch_size] + float(offset) * normal.reshape(shape)
+        row = 0
+        for activations, saved in heads:
+            moved = activations + float(offset) * normal.reshape(shape)
             if offset != 0:
                 moved = torch.relu(moved)
-            logits = runner.logits(images[i : i + batch_size], moved)
-            probs[o, i : i + batch_size] = torch.softmax(logits.float(), dim=1)[:, target].cpu().numpy()
+            logits = runner.tail(moved, saved)
+            probs[o, row : row + len(activations)] = torch.softmax(logits.float(), dim=1)[:, target].cpu().numpy()
+            row += len(activations)
     return probs
 
 
@@ -471,9 +501,9 @@ def iter_shift_results(
     with tqdm(total=len(pairs), desc=f"shifting test {runner.layer}", disable=not progress) as bar:
         for start, targets in by_start.items():
             images = images_of[start]
-            activations = torch.cat([runner.activations(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+            heads = [runner.head(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
             for target in targets:
                 weight, _ = planes.hyperplane(target, start)  # normal pointing from B (start) to A (target)
-                probs = shift_predictions(runner, images, weight, target, offsets=offsets, activations=activations, batch_size=batch_size)
+                probs = shift_predictions(runner, images, weight, target, offsets=offsets, heads=heads)
                 yield ShiftResult(target=target, start=start, offsets=offsets, probs=probs)
                 bar.update(1)
