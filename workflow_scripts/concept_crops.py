@@ -23,7 +23,6 @@ from _common import job_model_and_data, setup
 from conceptscope.methods.concept_crops import CropPool, concept_figure, hit_records, search_pools, stitch_hits
 from conceptscope.methods.concepts import prediction_test, stitch_transform
 from conceptscope.utils import atomic_path
-from conceptscope.viz import save_png
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)

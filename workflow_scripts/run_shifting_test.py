@@ -61,7 +61,7 @@ runner = LayerRunner(model, layer)
 log.info(
     "%s/%s/%s: %d start classes with images (split %s, at most %d each), %d targets, %d repeats -> %d distinct pairs, %d offsets; model run from the layer by %s",
     sm.wildcards.dataset, sm.wildcards.model, layer, len(starts), selection["split"], shift["max_images"], len(targets),
-    shift["n_repeats"], len(distinct), len(shift["offsets"]), "its traced tail" if runner.tail is not None else "a full forward pass with the layer replaced",
+    shift["n_repeats"], len(distinct), len(shift["offsets"]), "its traced tail" if runner.traced else "a full forward pass with the layer replaced",
 )
 started = time.perf_counter()
 pair_rows, offset_rows = [], []

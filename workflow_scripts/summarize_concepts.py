@@ -13,7 +13,6 @@ watermark's area, and whether the class is the shortcut class.
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from _common import setup

@@ -212,22 +212,36 @@ class ContrastHyperplanes:
             raise ValueError(f"pairs name classes without cutoff vectors: {missing[:10]}")
         n_features = widths.pop() if widths else 0
         device = torch.device(self.device) if self.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        chunk = self.chunk_pairs or max(1, len(pairs))
         on_device = {c: torch.as_tensor(vectors[c]).to(device, self.dtype) for c in usable}
         coef = np.empty((len(pairs), n_features), np.float32)
         intercept, accuracy, loss = (np.empty(len(pairs), np.float64) for _ in range(3))
         with tqdm(total=len(pairs), desc="pair classifiers", unit="pair", disable=not self.progress) as bar:
-            for start in range(0, len(pairs), chunk):
-                part = pairs[start : start + chunk]
-                w, b, acc, bce = self._fit_chunk(on_device, part, n_features, device)
-                coef[start : start + len(part)] = w
-                intercept[start : start + len(part)], accuracy[start : start + len(part)], loss[start : start + len(part)] = b, acc, bce
-                bar.update(len(part))
+            for rows in self._chunks(pairs):
+                w, b, acc, bce = self._fit_chunk(on_device, pairs[rows], n_features, device)
+                coef[rows], intercept[rows], accuracy[rows], loss[rows] = w, b, acc, bce
+                bar.update(len(rows))
         self.classes_ = np.asarray(sorted(vectors), dtype=np.int64)
         self.n_vectors_ = np.asarray([len(vectors[c]) for c in self.classes_], dtype=np.int64)
         self.pairs_, self.coef_, self.intercept_, self.accuracy_, self.loss_ = pairs, coef, intercept, accuracy, loss
         self._lookup = None
         return self
+
+    def _chunks(self, pairs: np.ndarray) -> Iterator[np.ndarray]:
+        """Row indices of `pairs` per chunk: blocks of classes (I x J), so that each class in a chunk
+        is in about sqrt(chunk_pairs) of its pairs (wide matrix products, few per epoch)."""
+        if not len(pairs):
+            return
+        if self.chunk_pairs is None or len(pairs) <= self.chunk_pairs:
+            yield np.arange(len(pairs))
+            return
+        classes = np.unique(pairs)
+        side = max(1, int(math.isqrt(self.chunk_pairs)))
+        block = np.searchsorted(classes, pairs) // side  # (P, 2) block of each class
+        keys = block[:, 0] * (block.max() + 1) + block[:, 1]
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        for rows in np.split(order, bounds):
+            yield from (rows[i : i + self.chunk_pairs] for i in range(0, len(rows), self.chunk_pairs))
 
     def _fit_chunk(self, vectors: dict[int, torch.Tensor], pairs: np.ndarray, n_features: int, device) -> tuple:
         """Train the pairs of one chunk together: per epoch, two matrix products per class."""
