@@ -1,6 +1,6 @@
 """Benchmark `contrast`: all-pairs linear classifiers, batched against the paper's one-pair loop.
 
-    .venv/bin/python benchmarks/contrast.py [--classes 200] [--images 50] [--sample-pairs 40]
+    .venv/bin/python benchmarks/contrast.py [--classes 200] [--images 50] [--sample-pairs 200]
 
 The paper (App. B) trains its ~1M pair classifiers one at a time: 35 h on an RTX 2080Ti. Here the
 pairs' classifiers come from real cutoff vectors: the Tiny ImageNet val images (50 per class, 200
@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--images", type=int, default=50)
-    parser.add_argument("--sample-pairs", type=int, default=40)
+    parser.add_argument("--sample-pairs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
