@@ -46,3 +46,47 @@ def job_model_and_data(snakemake):
     device = resolve_device(snakemake.params.device)
     model, info = load_model(Path(snakemake.input.info).parent, device)
     return model, info, PreparedDataset(snakemake.input.data), device
+
+
+def predicted_class_samples(snakemake, model, info, data, opts: dict, log, describe: str):
+    """The classes a method explains, the images predicted as them, and one checked sample per class.
+
+    `opts` is a method block (`concepts`, `contrast`) with classes, split, max_images, attribution,
+    attribution_options and batch_size. Returns (classes, rows, samples): `samples` yields a
+    `ClassSample` per class with images (one attribution pass over all of them), after refusing
+    negative activations (the methods factorise them with NMF) and NaN/inf.
+    """
+    import numpy as np
+
+    from conceptscope.data import ImageDataset
+    from conceptscope.methods.concepts import check_non_negative, iter_class_samples
+    from conceptscope.models import build_transform
+
+    w, layer = snakemake.wildcards, snakemake.wildcards.layer
+    labelled = sorted(int(c) for c in data.manifest["label"].unique() if c >= 0)
+    classes = [int(c) for c in opts["classes"]] if opts["classes"] is not None else labelled
+    selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
+    rows = selected_rows(data, selection, [snakemake.input.predictions])
+    rows = rows[rows["group"].isin(classes)].sort_values(["group", "image_id"], kind="stable")
+    log.info("%s/%s/%s: %d classes, %d images predicted as them (at most %d per class), %s, %s attribution",
+             w.dataset, w.model, layer, len(classes), len(rows), opts["max_images"], describe, opts["attribution"])
+    samples = iter_class_samples(
+        model,
+        ImageDataset(data, rows, build_transform(info["preprocess"])),
+        rows["group"].to_numpy(),
+        layer,
+        method=opts["attribution"],
+        batch_size=opts["batch_size"],
+        preprocess=info["preprocess"],
+        seed=snakemake.params.seed,
+        attribution_options=opts["attribution_options"],
+    )
+
+    def checked():
+        for sample in samples:
+            check_non_negative(sample.activations, layer)
+            if not (np.isfinite(sample.activations).all() and np.isfinite(sample.attributions).all()):
+                raise ValueError(f"class {sample.target}: NaN or inf in the activations or attributions of layer {layer!r}")
+            yield sample
+
+    return classes, rows, checked()

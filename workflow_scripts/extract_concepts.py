@@ -12,10 +12,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from _common import job_model_and_data, selected_rows, setup
-from conceptscope.data import ImageDataset
-from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, check_non_negative, iter_class_samples
-from conceptscope.models import build_transform
+from _common import job_model_and_data, predicted_class_samples, setup
+from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -25,36 +23,14 @@ model, info, data, device = job_model_and_data(sm)
 layer = sm.wildcards.layer
 sizes = sorted({opts["n_concepts"], *opts["sweep"]})
 
-labelled = sorted(int(c) for c in data.manifest["label"].unique() if c >= 0)
-classes = [int(c) for c in opts["classes"]] if opts["classes"] is not None else labelled
-selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
-rows = selected_rows(data, selection, [sm.input.predictions])
-rows = rows[rows["group"].isin(classes)].sort_values(["group", "image_id"], kind="stable")
-log.info(
-    "%s/%s/%s: %d classes, %d images predicted as them (at most %d per class), n = %s, %s attribution",
-    sm.wildcards.dataset, sm.wildcards.model, layer, len(classes), len(rows), opts["max_images"], sizes, opts["attribution"],
-)
+classes, _, samples = predicted_class_samples(sm, model, info, data, opts, log, f"n = {sizes}")
 
 components = {n: np.full((len(classes), n, 0), np.nan, np.float32) for n in sizes}
 importance = {n: np.full((len(classes), n), np.nan) for n in sizes}
 position = {c: i for i, c in enumerate(classes)}
 records = []
 started = time.perf_counter()
-samples = iter_class_samples(
-    model,
-    ImageDataset(data, rows, build_transform(info["preprocess"])),
-    rows["group"].to_numpy(),
-    layer,
-    method=opts["attribution"],
-    batch_size=opts["batch_size"],
-    preprocess=info["preprocess"],
-    seed=sm.params.seed,
-    attribution_options=opts["attribution_options"],
-)
 for sample in samples:
-    check_non_negative(sample.activations, layer)
-    if not (np.isfinite(sample.activations).all() and np.isfinite(sample.attributions).all()):
-        raise ValueError(f"class {sample.target}: NaN or inf in the activations or attributions of layer {layer!r}")
     vectors, _ = attribution_weighted_vectors(sample.activations, sample.attributions)
     n_positions = sample.activations.shape[0] * sample.activations.shape[2] * sample.activations.shape[3]
     n_scored = len(vectors)

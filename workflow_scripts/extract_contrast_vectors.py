@@ -7,14 +7,10 @@ are stored unscaled, once per class. vectors.csv says per class how many images 
 were used, or why a class has none.
 """
 
-import numpy as np
 import pandas as pd
 
-from _common import job_model_and_data, selected_rows, setup
-from conceptscope.data import ImageDataset
-from conceptscope.methods.concepts import check_non_negative, iter_class_samples
+from _common import job_model_and_data, predicted_class_samples, setup
 from conceptscope.methods.contrast import cutoff_vectors
-from conceptscope.models import build_transform
 from conceptscope.store import ClassVectorStore, provenance
 from conceptscope.utils import atomic_path
 
@@ -24,35 +20,13 @@ opts = sm.params.contrast
 model, info, data, device = job_model_and_data(sm)
 layer = sm.wildcards.layer
 
-labelled = sorted(int(c) for c in data.manifest["label"].unique() if c >= 0)
-classes = [int(c) for c in opts["classes"]] if opts["classes"] is not None else labelled
-selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
-rows = selected_rows(data, selection, [sm.input.predictions])
-rows = rows[rows["group"].isin(classes)].sort_values(["group", "image_id"], kind="stable")
-log.info(
-    "%s/%s/%s: %d classes, %d images predicted as them (at most %d per class), cutoff %.2f x max %s attribution",
-    sm.wildcards.dataset, sm.wildcards.model, layer, len(classes), len(rows), opts["max_images"], opts["cutoff"], opts["attribution"],
-)
+classes, _, samples = predicted_class_samples(sm, model, info, data, opts, log, f"cutoff {opts['cutoff']:.2f} x max")
 records = []
 attrs = provenance("contrast_vectors", dataset=sm.wildcards.dataset, model=sm.wildcards.model, layer=layer,
                    cutoff=opts["cutoff"], attribution=opts["attribution"], split=opts["split"], max_images=opts["max_images"])
 with atomic_path(sm.output.vectors) as tmp:
     store = ClassVectorStore.create(tmp, attrs)
-    samples = iter_class_samples(
-        model,
-        ImageDataset(data, rows, build_transform(info["preprocess"])),
-        rows["group"].to_numpy(),
-        layer,
-        method=opts["attribution"],
-        batch_size=opts["batch_size"],
-        preprocess=info["preprocess"],
-        seed=sm.params.seed,
-        attribution_options=opts["attribution_options"],
-    )
     for sample in samples:
-        check_non_negative(sample.activations, layer)  # contrast concepts factorise these activations with NMF
-        if not (np.isfinite(sample.activations).all() and np.isfinite(sample.attributions).all()):
-            raise ValueError(f"class {sample.target}: NaN or inf in the activations or attributions of layer {layer!r}")
         vectors, positions = cutoff_vectors(sample.activations, sample.attributions, opts["cutoff"])
         store.add(sample.target, vectors, sample.image_ids[positions[:, 0]], positions[:, 1:])
         n_positions = sample.activations.shape[0] * sample.activations.shape[2] * sample.activations.shape[3]

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 
+def float32_array(array) -> np.ndarray:
+    """A tensor or array-like as a float32 NumPy array (detached, on the CPU)."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` -> CUDA when available, else CPU; `cuda` fails clearly when no GPU is present."""
     if device == "auto":

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..activations import LayerRecorder
 from ..attribution import get_attribution_method, layer_attribution
 from ..models import build_transform
+from ..utils import float32_array
 
 # Sec. 4.1 / 4.3: four concepts for the penultimate layer; Sec. 4.1 and App. D.1: 500 images.
 N_CONCEPTS = 4
@@ -36,11 +37,6 @@ MAX_IMAGES = 500
 # Sec. 4.2: dataset crops of 74 x 74 pixels (a 3 x 3 grid of the 224 x 224 input).
 CROP_SIZE = 74
 
-
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float32)
 
 
 def check_non_negative(activations: np.ndarray, layer: str | None = None) -> None:
@@ -63,7 +59,7 @@ def attribution_weighted_vectors(activations, attributions) -> tuple[np.ndarray,
     with a score <= 0 are dropped and the C-dim activation vector of every other position is
     multiplied by its score.
     """
-    activations, attributions = _numpy(activations), _numpy(attributions)
+    activations, attributions = float32_array(activations), float32_array(attributions)
     if activations.ndim != 4 or activations.shape != attributions.shape:
         raise ValueError(
             f"activations and attributions must both be (N, C, h, w) of the same shape, "
@@ -137,7 +133,7 @@ class ConceptExtractor:
 
         `layer` only names the layer in error messages.
         """
-        activations, attributions = _numpy(activations), _numpy(attributions)
+        activations, attributions = float32_array(activations), float32_array(attributions)
         if activations.ndim != 4 or activations.shape != attributions.shape:
             raise ValueError(
                 f"activations and attributions must both be (N, C, h, w) of the same shape, "
@@ -161,7 +157,7 @@ class ConceptExtractor:
         Lets several NMF sizes share one attribution pass (the Figure 4 sweep over n). `n_positions`
         (all spatial positions the vectors were kept from) and `n_images` only fill kept_fraction_ and n_images_.
         """
-        vectors = _numpy(vectors)
+        vectors = float32_array(vectors)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be (M, C), got shape {vectors.shape}")
         if not np.isfinite(vectors).all():

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..activations import LayerRecorder
 from ..models import get_layer
+from ..utils import float32_array
 
 # Sec. 5.1.1: positions below 0.25 x the image's maximum attribution are dropped.
 CUTOFF = 0.25
@@ -50,11 +51,6 @@ SHIFT_TARGETS = 10
 SHIFT_REPEATS = 5
 
 
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float32)
-
 
 def cutoff_vectors(activations, attributions, cutoff: float = CUTOFF) -> tuple[np.ndarray, np.ndarray]:
     """The unscaled activation vectors of the positions the class relies on (Sec. 5.1.1).
@@ -63,7 +59,7 @@ def cutoff_vectors(activations, attributions, cutoff: float = CUTOFF) -> tuple[n
     is kept when its score is positive and at least `cutoff` x the highest score of its image.
     Returns (vectors (M, C), positions (M, 3) = image, y, x).
     """
-    activations, attributions = _numpy(activations), _numpy(attributions)
+    activations, attributions = float32_array(activations), float32_array(attributions)
     if activations.ndim != 4 or activations.shape != attributions.shape:
         raise ValueError(
             f"activations and attributions must both be (N, C, h, w) of the same shape, got {activations.shape} and {attributions.shape}"
@@ -82,8 +78,8 @@ def contrast_weighted_vectors(activations, weight, bias) -> tuple[np.ndarray, np
 
     activations: (N, C, h, w); weight: (C,); bias: scalar. Returns (vectors (M, C), positions (M, 3)).
     """
-    activations = _numpy(activations)
-    weight = _numpy(weight).reshape(-1)
+    activations = float32_array(activations)
+    weight = float32_array(weight).reshape(-1)
     if activations.ndim != 4 or activations.shape[1] != len(weight):
         raise ValueError(f"activations must be (N, C, h, w) with C = {len(weight)} (the hyperplane's size), got {activations.shape}")
     z = np.einsum("nchw,c->nhw", activations, weight) + float(bias)
@@ -124,7 +120,7 @@ def train_pair_reference(
     positives (label 1) and negatives (label 0): (N_a, C), (N_b, C). Returns (weight (C,), bias,
     accuracy, loss) after training; accuracy and loss are measured with the final weights.
     """
-    x = torch.cat([torch.as_tensor(_numpy(positives)), torch.as_tensor(_numpy(negatives))]).to(device, dtype)
+    x = torch.cat([torch.as_tensor(float32_array(positives)), torch.as_tensor(float32_array(negatives))]).to(device, dtype)
     y = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).to(device, dtype)
     linear = nn.Linear(x.shape[1], 1).to(device, dtype)
     with torch.no_grad():
@@ -201,7 +197,7 @@ class ContrastHyperplanes:
         default pairs (its pairs are listed nowhere) and refused in explicit `pairs`. Fewer than two
         classes with vectors give no pair (empty results), not an error.
         """
-        vectors = {int(c): _numpy(v) for c, v in class_vectors.items()}
+        vectors = {int(c): float32_array(v) for c, v in class_vectors.items()}
         widths = {v.shape[1] for v in vectors.values() if v.ndim == 2}
         if any(v.ndim != 2 for v in vectors.values()) or len(widths) > 1:
             raise ValueError(f"class vectors must all be (N_c, C) with one C; got shapes { {c: v.shape for c, v in vectors.items()} }")
@@ -460,7 +456,7 @@ def shift_predictions(
     """
     if heads is None:
         heads = [runner.head(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    normal = torch.as_tensor(_numpy(weight)).to(heads[0][0].device)
+    normal = torch.as_tensor(float32_array(weight)).to(heads[0][0].device)
     if heads[0][0].shape[1] != len(normal):
         raise ValueError(f"the hyperplane has {len(normal)} features but layer {runner.layer!r} has {heads[0][0].shape[1]} channels")
     shape = (1, -1) + (1,) * (heads[0][0].ndim - 2)
