@@ -192,3 +192,23 @@ def test_shifting_plan_draws_distinct_targets_per_start_and_is_seeded():
     assert plan[0] != plan[1] and plan != shifting_plan(classes, n_targets=10, n_repeats=5, seed=4)
     few = shifting_plan([1, 2, 3], n_targets=10, n_repeats=2)
     assert all(sorted(pairs) == [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] for pairs in few)
+
+
+def test_class_vector_store_round_trip_and_incomplete_store_refused(tmp_path, class_vectors):
+    from conceptscope.store import ClassVectorStore, StoreError
+
+    vectors = class_vectors["vectors"][GOOSE]
+    store = ClassVectorStore.create(tmp_path / "v.zarr", {"layer": "features.18"})
+    store.add(GOOSE, vectors, np.full(len(vectors), 7), np.zeros((len(vectors), 2)))
+    store.add(3, np.zeros((0, vectors.shape[1])), [], np.zeros((0, 2)))
+    with pytest.raises(StoreError, match="already"):
+        store.add(GOOSE, vectors, np.full(len(vectors), 7), np.zeros((len(vectors), 2)))
+    with pytest.raises(StoreError, match="incomplete"):
+        ClassVectorStore(tmp_path / "v.zarr")  # the writer has not closed it
+    store.close()
+    done = ClassVectorStore(tmp_path / "v.zarr")
+    assert done.counts == {GOOSE: len(vectors), 3: 0} and done.attrs["layer"] == "features.18"
+    np.testing.assert_array_equal(done.vectors(GOOSE), vectors)
+    assert (done.image_ids(GOOSE) == 7).all() and done.vectors(3).shape == (0, vectors.shape[1])
+    with pytest.raises(StoreError, match="no vectors of class 5"):
+        done.vectors(5)
