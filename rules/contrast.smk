@@ -120,6 +120,7 @@ rule summarize_contrast:
     input:
         shifting=[result("contrast", ds, model, layer, "shifting") for ds, model, layer in method_jobs("contrast")],
         pairs=[result("contrast", ds, model, layer, "pairs.parquet") for ds, model, layer in method_jobs("contrast")],
+        hyperplanes=[result("contrast", ds, model, layer, "hyperplanes.zarr") for ds, model, layer in method_jobs("contrast")],
         tests=[result("contrast", ds, model, layer, "concepts", "crops") for ds, model, layer in method_jobs("contrast")],
         data=[dataset_dir(ds) for ds, _ in method_pairs("contrast")],
     output:

@@ -38,7 +38,7 @@ def pooled_std(means: np.ndarray, stds: np.ndarray, counts: np.ndarray) -> float
     return float(np.sqrt(max(0.0, (counts * (stds**2 + means**2)).sum() / total - grand**2)))
 
 
-for job, shifting, pairs_file, crops_dir in zip(sm.params.jobs, sm.input.shifting, sm.input.pairs, sm.input.tests):
+for job, shifting, pairs_file, planes, crops_dir in zip(sm.params.jobs, sm.input.shifting, sm.input.pairs, sm.input.hyperplanes, sm.input.tests):
     shifting, crops_dir = Path(shifting), Path(crops_dir)
     pairs = pd.read_csv(shifting / "pairs.csv")
     plan = pd.read_csv(shifting / "plan.csv")
@@ -56,7 +56,7 @@ for job, shifting, pairs_file, crops_dir in zip(sm.params.jobs, sm.input.shiftin
         offsets = pd.read_csv(shifting / "offsets.csv").groupby("offset")["pred"].mean().reset_index()
         curves.append(offsets.assign(**job))
     trained = pd.read_parquet(pairs_file)
-    attrs = dict(zarr.open_group(str(Path(pairs_file).with_name("hyperplanes.zarr")), mode="r").attrs)
+    attrs = dict(zarr.open_group(str(planes), mode="r").attrs)
     pair_rows.append({**job, "n_classes": len(set(trained["class_a"]) | set(trained["class_b"])), "n_pairs": len(trained),
                       "ordered": attrs["ordered"], "accuracy_mean": trained["accuracy"].mean(), "accuracy_median": trained["accuracy"].median(),
                       "accuracy_min": trained["accuracy"].min(), "train_seconds": attrs["seconds"], "device": attrs["device"]})
