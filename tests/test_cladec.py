@@ -1,0 +1,60 @@
+"""ClaDec and RefAE (Schneider & Vlachos) on the real MNIST digits: the library core (issue 7, in progress)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conceptscope.methods.cladec import ClaDec, Decoder, RefAE, cladec_loss, mean_reconstruction_error, reconstruction_error
+from conceptscope.models import build_model, build_transform, resolve_preprocess
+
+
+@pytest.fixture(scope="module")
+def digits_loader(shortcut_digits):
+    dataset = shortcut_digits.torch_dataset("test", build_transform(resolve_preprocess("vgg_small", {})))
+    return DataLoader(dataset, batch_size=50, shuffle=False)
+
+
+@pytest.mark.parametrize("arch, layer", [("vgg_small", "features.3"), ("vgg_small", "features.7"), ("resnet_small", "layer1"), ("resnet_small", "layer3")])
+def test_decoder_depth_follows_the_map_size_and_returns_the_input_size(arch, layer):
+    from conceptscope.methods.contrast import LayerRunner
+
+    model = build_model(arch, 10, 1, seed=0).eval()
+    code = LayerRunner(model, layer).activations(torch.rand(2, 1, 28, 28))
+    decoder = Decoder(code.shape[1:], (1, 28, 28))
+    assert decoder(code).shape == (2, 1, 28, 28)
+    n_up = sum(isinstance(m, torch.nn.ConvTranspose2d) and m.stride == (2, 2) for m in decoder.modules())
+    assert n_up == int(np.ceil(np.log2(28 / code.shape[-1])))  # 28 -> 0, 7 -> 2, 4 -> 3, 1 -> 5 upsamplings
+    assert Decoder((10,), (1, 28, 28))(torch.rand(3, 10)).shape == (3, 1, 28, 28)  # a fully connected code
+
+
+def test_equation_1_mixes_squared_error_and_cross_entropy():
+    x, x_hat = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert reconstruction_error(x, x_hat).tolist() == [4.0, 4.0]
+    assert cladec_loss(x, x_hat, logits, labels, 0.0) == pytest.approx(4.0)
+    assert cladec_loss(x, x_hat, logits, labels, 0.25) == pytest.approx(0.75 * 4 + 0.25 * float(ce))
+    with pytest.raises(ValueError, match="alpha"):
+        ClaDec(alpha=1.5)
+
+
+def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_encoder(digits_loader):
+    model = build_model("resnet_small", 10, 1, seed=0).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cladec = ClaDec(epochs=20, seed=0, progress=False).fit(model, "layer2", digits_loader)
+    assert cladec.loss_history_[-1] < cladec.loss_history_[0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the classifier stays frozen
+    images = torch.cat([x for x, *_ in digits_loader])
+    mean_image_error = float(reconstruction_error(images, images.mean(0, keepdim=True).expand_as(images)).mean())
+    assert mean_reconstruction_error(cladec, digits_loader) < 0.5 * mean_image_error
+    again = ClaDec(epochs=20, seed=0, progress=False).fit(model, "layer2", digits_loader)
+    assert mean_reconstruction_error(again, digits_loader) == pytest.approx(mean_reconstruction_error(cladec, digits_loader), rel=1e-5)
+    reference = RefAE(epochs=20, seed=0, progress=False).fit(model, "layer2", digits_loader)
+    assert reference.loss_history_[-1] < reference.loss_history_[0]
+    # the RefAE's encoder is trained with the decoder (reconstruction only); ClaDec's stays the classifier's
+    assert all(p.requires_grad for p in reference.encoder_.parameters())
+    assert not any(p.requires_grad for p in cladec.encoder_.parameters())
+    assert mean_reconstruction_error(reference, digits_loader) < 0.5 * mean_image_error
