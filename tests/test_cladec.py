@@ -58,3 +58,24 @@ def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_e
     assert all(p.requires_grad for p in reference.encoder_.parameters())
     assert not any(p.requires_grad for p in cladec.encoder_.parameters())
     assert mean_reconstruction_error(reference, digits_loader) < 0.5 * mean_image_error
+
+
+def test_evaluation_classifier_learns_the_task_from_reconstructions(shortcut_digits, digits_loader):
+    from conceptscope.methods.cladec import evaluation_accuracy, fidelity, reconstructed_dataset
+    from conceptscope.training import train_classifier
+
+    transform = build_transform(resolve_preprocess("resnet_small", {}))
+    train_set = shortcut_digits.torch_dataset("train", transform)
+    train_loader = DataLoader(train_set, batch_size=50, shuffle=False)
+    model = build_model("resnet_small", 10, 1, seed=0)
+    train_classifier(model, train_set, epochs=10, seed=0, progress=False)
+    cladec = ClaDec(epochs=20, seed=0, progress=False).fit(model, "layer3", train_loader)
+    refae = RefAE(epochs=20, seed=0, progress=False).fit(model, "layer3", train_loader)
+    data = reconstructed_dataset(cladec, digits_loader)
+    assert data.tensors[0].shape == (len(digits_loader.dataset), 1, 28, 28) and len(data.tensors[1]) == len(data.tensors[2])
+    accuracy = {name: evaluation_accuracy(r, build_model("resnet_small", 10, 1, seed=1), train_loader, digits_loader, epochs=10)
+                for name, r in (("cladec", cladec), ("refae", refae))}
+    assert min(accuracy.values()) > 0.3  # far above chance (0.1): the reconstructions carry the digits' classes
+    row = fidelity(cladec, refae, accuracy["cladec"], accuracy["refae"], digits_loader)
+    assert row["delta_acc"] == pytest.approx(accuracy["cladec"] - accuracy["refae"])
+    assert row["delta_rec"] == pytest.approx(row["rec_cladec"] - row["rec_refae"]) and row["rec_refae"] > 0

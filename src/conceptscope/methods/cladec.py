@@ -199,3 +199,42 @@ def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable) -
     for images, *_ in loader:
         errors.append(reconstruction_error(images, reconstructor.reconstruct(images).cpu()).numpy())
     return float(np.concatenate(errors).mean())
+
+
+def reconstructed_dataset(reconstructor: _Reconstructor, loader: Iterable) -> torch.utils.data.TensorDataset:
+    """(reconstruction, label, image_id) for every item of `loader`, on the CPU (what C_eval trains on)."""
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    for images, labels, ids in loader:
+        parts[0].append(reconstructor.reconstruct(images).cpu())
+        parts[1].append(torch.as_tensor(labels))
+        parts[2].append(torch.as_tensor(ids))
+    return torch.utils.data.TensorDataset(*(torch.cat(p) for p in parts))
+
+
+def evaluation_accuracy(
+    reconstructor: _Reconstructor,
+    fresh_model: nn.Module,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    *,
+    epochs: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> float:
+    """Accuracy of C_eval (Sec. 5): `fresh_model` (the classifier's architecture, untrained) trained on
+    the reconstructions of the training images and tested on those of the test images."""
+    from ..training import train_classifier
+
+    device = next(reconstructor.decoder_.parameters()).device
+    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader), epochs=epochs, seed=seed, device=device, progress=progress)
+    test = reconstructed_dataset(reconstructor, test_loader)
+    with torch.no_grad():
+        predicted = torch.cat([fresh_model(x.to(device)).argmax(1).cpu() for x in test.tensors[0].split(256)])
+    return float((predicted == test.tensors[1]).double().mean())
+
+
+def fidelity(cladec: ClaDec, refae: RefAE, acc_cladec: float, acc_refae: float, test_loader: Iterable) -> dict[str, float]:
+    """The columns of Tables 2-5: reconstruction errors and ΔRec, evaluation accuracies and ΔAcc."""
+    rec_cladec, rec_refae = mean_reconstruction_error(cladec, test_loader), mean_reconstruction_error(refae, test_loader)
+    return {"rec_cladec": rec_cladec, "rec_refae": rec_refae, "delta_rec": rec_cladec - rec_refae,
+            "acc_cladec": acc_cladec, "acc_refae": acc_refae, "delta_acc": acc_cladec - acc_refae}
