@@ -79,3 +79,9 @@ def test_evaluation_classifier_learns_the_task_from_reconstructions(shortcut_dig
     row = fidelity(cladec, refae, accuracy["cladec"], accuracy["refae"], digits_loader)
     assert row["delta_acc"] == pytest.approx(accuracy["cladec"] - accuracy["refae"])
     assert row["delta_rec"] == pytest.approx(row["rec_cladec"] - row["rec_refae"]) and row["rec_refae"] > 0
+
+
+def test_refae_at_a_one_by_one_layer_with_batch_norm(digits_loader):
+    model = build_model("vgg_small", 10, 1, seed=0).eval()  # features.7: 512 x 1 x 1 after a batch norm
+    reference = RefAE(epochs=1, seed=0, progress=False).fit(model, "features.7", digits_loader)
+    assert reference.reconstruct(next(iter(digits_loader))[0][:2]).shape == (2, 1, 28, 28)

@@ -178,10 +178,11 @@ class RefAE(_Reconstructor):
         if split is None:
             raise ValueError(f"cannot cut the model at {layer!r} with torch.fx; RefAE needs the architecture up to the layer")
         device = self._device(model)
-        self.encoder_ = split[0].to(device).train().requires_grad_(True)
+        self.encoder_ = split[0].to(device).eval().requires_grad_(True)
         images, _, *_ = next(iter(loader))
-        with torch.no_grad():
+        with torch.no_grad():  # probe the code's shape in eval mode (batch norm on one 1x1 map cannot train)
             code = self._encode(images[:1].to(device))
+        self.encoder_.train()
         torch.manual_seed(self.seed)
         self.decoder_ = Decoder(code.shape[1:], image_shape or images.shape[1:]).to(device)
 
