@@ -270,22 +270,24 @@ class ContrastHyperplanes:
         return (weight.float().cpu().numpy(), bias.double().cpu().numpy(), (correct.double() / sizes).cpu().numpy(),
                 (bce.double() / sizes).cpu().numpy())
 
-    def hyperplane(self, a: int, b: int) -> tuple[np.ndarray, float]:
-        """(w (C,), bias) with w.x + bias > 0 where x is predictive for class a rather than b."""
+    def _row(self, a: int, b: int) -> tuple[int, float]:
+        """(row of the classifier that answers (a, b), sign to apply to it)."""
         if self._lookup is None:
             self._lookup = {(int(p), int(q)): i for i, (p, q) in enumerate(self.pairs_)}
         if (a, b) in self._lookup:
-            i = self._lookup[(a, b)]
-            return np.asarray(self.coef_[i]), float(self.intercept_[i])
+            return self._lookup[(a, b)], 1.0
         if not self.ordered and (b, a) in self._lookup:
-            i = self._lookup[(b, a)]
-            return -np.asarray(self.coef_[i]), -float(self.intercept_[i])
+            return self._lookup[(b, a)], -1.0
         raise KeyError(f"no classifier for classes ({a}, {b}); trained classes: {self.classes_.tolist()[:20]}")
 
+    def hyperplane(self, a: int, b: int) -> tuple[np.ndarray, float]:
+        """(w (C,), bias) with w.x + bias > 0 where x is predictive for class a rather than b."""
+        i, sign = self._row(a, b)
+        return sign * np.asarray(self.coef_[i]), sign * float(self.intercept_[i])
+
     def pair_accuracy(self, a: int, b: int) -> float:
-        self.hyperplane(a, b)
-        i = self._lookup.get((a, b), self._lookup.get((b, a)))
-        return float(self.accuracy_[i])
+        """Training accuracy of the classifier that answers (a, b) (no weight row is read)."""
+        return float(self.accuracy_[self._row(a, b)[0]])
 
     # Storage: a Zarr group; `load` reads the weights row by row on demand (1000 classes: 0.5M x C)
     def save(self, path, attrs: dict | None = None) -> None:
@@ -429,13 +431,17 @@ class ShiftResult:
         return self.probs[np.flatnonzero(self.offsets == 0)[0]]
 
     @property
+    def _best(self) -> int:
+        return int(self.probs.mean(axis=1).argmax())
+
+    @property
     def best_offset(self) -> float:
         """The offset with the highest mean softmax of A (the paper reports that one)."""
-        return float(self.offsets[int(self.probs.mean(axis=1).argmax())])
+        return float(self.offsets[self._best])
 
     @property
     def shifted_probs(self) -> np.ndarray:
-        return self.probs[int(self.probs.mean(axis=1).argmax())]
+        return self.probs[self._best]
 
 
 def shift_predictions(
