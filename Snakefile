@@ -33,6 +33,7 @@ include: "rules/models.smk"
 include: "rules/activations.smk"
 include: "rules/concepts.smk"
 include: "rules/contrast.smk"
+include: "rules/cladec.smk"
 
 
 rule all:

@@ -93,4 +93,6 @@ def all_targets():
         targets.append(result("tables", "concepts_prediction_test.csv"))
     if method_jobs("contrast"):
         targets.append(result("tables", "contrast_shifting_test.csv"))
+    if method_jobs("cladec"):
+        targets.append(result("tables", "cladec_layers.csv"))
     return targets

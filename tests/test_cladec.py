@@ -19,7 +19,7 @@ def digits_loader(shortcut_digits):
 
 @pytest.mark.parametrize("arch, layer", [("vgg_small", "features.3"), ("vgg_small", "features.7"), ("resnet_small", "layer1"), ("resnet_small", "layer3")])
 def test_decoder_depth_follows_the_map_size_and_returns_the_input_size(arch, layer):
-    from conceptscope.methods.contrast import LayerRunner
+    from conceptscope.activations import LayerRunner
 
     model = build_model(arch, 10, 1, seed=0).eval()
     code = LayerRunner(model, layer).activations(torch.rand(2, 1, 28, 28))
@@ -85,3 +85,79 @@ def test_refae_at_a_one_by_one_layer_with_batch_norm(digits_loader):
     model = build_model("vgg_small", 10, 1, seed=0).eval()  # features.7: 512 x 1 x 1 after a batch norm
     reference = RefAE(epochs=1, seed=0, progress=False).fit(model, "features.7", digits_loader)
     assert reference.reconstruct(next(iter(digits_loader))[0][:2]).shape == (2, 1, 28, 28)
+
+
+def test_saved_reconstructors_rebuild_on_the_architecture_with_their_own_encoder(tmp_path, digits_loader):
+    from conceptscope.methods.cladec import load_reconstructor
+
+    model = build_model("resnet_small", 10, 1, seed=0).eval()
+    images = next(iter(digits_loader))[0][:4]
+    subset = ClaDec(epochs=1, seed=0, channels=(0, 8), progress=False).fit(model, "layer2", digits_loader)
+    assert subset.decoder_.body[0].in_channels == 8  # only the first 8 of layer2's 64 channels are decoded
+    reference = RefAE(epochs=1, seed=0, progress=False).fit(model, "layer2", digits_loader)
+    other = build_model("resnet_small", 10, 1, seed=5).eval()  # same architecture, other weights
+    for name, reconstructor in (("subset", subset), ("refae", reference)):
+        reconstructor.save(tmp_path / f"{name}.pt", note=name)
+        loaded = load_reconstructor(tmp_path / f"{name}.pt", other)
+        assert loaded.meta == {"note": name} and loaded.loss_history_ == reconstructor.loss_history_
+        # the saved encoder replaces the architecture's weights: the RefAE's own, the classifier's for ClaDec
+        assert torch.allclose(loaded.reconstruct(images), reconstructor.reconstruct(images), atol=1e-6)
+    assert load_reconstructor(tmp_path / "subset.pt", other).channels == (0, 8)
+    with pytest.raises(ValueError, match="exceed"):
+        ClaDec(epochs=1, channels=(0, 999), progress=False).fit(model, "layer2", digits_loader)
+
+
+def test_occlusion_grid_matches_the_paper_and_ties_are_broken_at_random():
+    from conceptscope.methods.cladec import extreme_occlusions, occlude, occlusion_boxes
+
+    boxes = occlusion_boxes(32, 32)
+    assert len(boxes) == 16 and set((boxes[:, 2] - boxes[:, 0]).tolist()) == {12}
+    assert sorted(set(boxes[:, 0].tolist())) == [0, 7, 13, 20]  # the paper's 0, 6, 12, 20 up to rounding
+    image = torch.zeros(1, 3, 32, 32)
+    covered = occlude(image, boxes[5], torch.tensor([1.0, 2.0, 3.0]))
+    assert covered[0, :, 7:19, 7:19].mean((1, 2)).tolist() == [1.0, 2.0, 3.0] and covered.sum() == 144 * 6 and image.sum() == 0
+    rng = np.random.default_rng(0)
+    least, most = extreme_occlusions(np.array([[3.0, 1.0, 2.0, 5.0]]), rng)
+    assert least.tolist() == [1] and most.tolist() == [3]
+    least, most = extreme_occlusions(np.ones((400, 16)), rng)  # constant relevance: any box, at random
+    assert len(set(least.tolist())) == 16 and (least != most).mean() > 0.8
+
+
+def test_grad_cam_equals_the_definition_and_is_constant_on_a_one_by_one_layer():
+    from conceptscope.attribution import grad_cam
+    from conceptscope.models import get_layer
+
+    model = build_model("resnet_small", 10, 1, seed=0).eval()
+    images = torch.rand(3, 1, 28, 28)
+    targets = torch.tensor([1, 4, 7])
+    saved = {}
+    handle = get_layer(model, "layer2").register_forward_hook(lambda m, i, o: saved.update(a=o))
+    logits = model(images)
+    handle.remove()
+    grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), saved["a"])[0]
+    cam = torch.relu((grads.mean((2, 3), keepdim=True) * saved["a"]).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=(28, 28), mode="bilinear", align_corners=False)[:, 0].detach()
+    low, high = cam.flatten(1).min(1).values[:, None, None], cam.flatten(1).max(1).values[:, None, None]
+    assert torch.allclose(grad_cam(model, images, "layer2", targets), (cam - low) / (high - low), atol=1e-5)
+    flat = grad_cam(build_model("vgg_small", 10, 1, seed=0).eval(), images, "features.7", targets)
+    assert flat.shape == (3, 28, 28) and (flat == 0).all()  # a 1x1 map says nothing about where
+
+
+def test_cladec_relevance_follows_the_strokes_of_the_digit(digits_loader):
+    from conceptscope.methods.cladec import box_errors, cladec_occlusion_relevance, occlusion_boxes
+
+    model = build_model("resnet_small", 10, 1, seed=0).eval()
+    cladec = ClaDec(epochs=15, seed=0, progress=False).fit(model, "layer1", digits_loader)
+    images = next(iter(digits_loader))[0][:20]
+    boxes = occlusion_boxes(28, 28)
+    fill = float(images.mean())
+    relevance = cladec_occlusion_relevance(cladec, images, boxes, fill)
+    assert relevance.shape == (20, 16) and (relevance >= 0).all()
+    # occluding the centre (where the strokes are) changes the reconstruction more than the black corners
+    centre, corners = relevance[:, [5, 6, 9, 10]].mean(), relevance[:, [0, 3, 12, 15]].mean()
+    assert centre > 2 * corners
+    ink = (images > 0).float().flatten(2).sum(2)[:, 0]
+    assert np.corrcoef(relevance.sum(1).numpy(), ink.numpy())[0, 1] > 0  # more ink to cover, more relevance
+    targets, reconstructions = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    reconstructions[1, 0, :2, :2] = 3.0
+    assert box_errors(reconstructions, targets, np.array([[0, 0, 2, 2], [0, 0, 2, 2]]), std=[0.5]).tolist() == [0.25, 2.25]

@@ -105,6 +105,13 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c.update(contrast={"shift": {"offsets": []}}), ["contrast.shift.offsets"]),
         (lambda c: c.update(predict={"splits": ["test"]}, concepts={"models": []}, contrast={"shift": {"split": "train"}}), ["contrast.split", "train"]),
         (lambda c: c.update(predict={"splits": ["train"]}, concepts={"models": []}, contrast={"split": "train", "shift": {"split": "test"}}), ["contrast.shift.split", "test"]),
+        (lambda c: c.update(cladec={"models": ["vgg_nope"]}), ["cladec.models[0]", "vgg_nope"]),
+        (lambda c: c.update(cladec={"models": ["mobilenet_v2"]}), ["models.mobilenet_v2.eval_datasets", "'photos'", "training images"]),
+        (lambda c: c.update(cladec={"models": ["vgg_clean"], "layers": ["features.3"], "sweep": {"layers": ["features.7"]}}), ["cladec.sweep.layers[0]", "features.7"]),
+        (lambda c: c.update(cladec={"models": ["vgg_clean"], "sweep": {"alphas": [0.9, 0.9]}}), ["cladec.sweep.alphas", "repeat"]),
+        (lambda c: c.update(cladec={"alpha": 1.5}), ["cladec.alpha", "<= 1"]),
+        (lambda c: c.update(cladec={"eval_train": {"epochs": 0}}), ["cladec.eval_train.epochs", ">= 1"]),
+        (lambda c: c.update(cladec={"occlusion": {"size": 0}}), ["cladec.occlusion.size"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

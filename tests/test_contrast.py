@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from conceptscope.activations import LayerRunner, split_at_layer
 from conceptscope.attribution import layer_attribution
 from conceptscope.methods.contrast import (
     ContrastHyperplanes,
-    LayerRunner,
     all_pairs,
     contrast_weighted_vectors,
     cutoff_vectors,
@@ -22,7 +22,6 @@ from conceptscope.methods.contrast import (
     pair_init,
     shift_predictions,
     shifting_plan,
-    split_at_layer,
     train_pair_reference,
 )
 from conceptscope.models import build_model

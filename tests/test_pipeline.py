@@ -79,7 +79,9 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
         changed = yaml.safe_load(yaml.safe_dump(config))
         changed["models"]["resnet_clean"]["train"]["lr"] = 0.01
         (workdir / "config.yaml").write_text(yaml.safe_dump(changed))
-        assert planned_jobs(workdir) == model_jobs  # resnet_clean's, and nobody else's
+        # resnet_clean's, and nobody else's (its ClaDec variants too: refae, alpha 0 and 0.9, untrained, 64 channels)
+        cladec_jobs = {"train_reconstructor": 5, "evaluate_reconstructor": 5, "cladec_occlusion": 1, "cladec_figure": 1, "summarize_cladec": 1}
+        assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs}
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -101,6 +103,10 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
             ("contrast", "n_concepts", 2, {"extract_contrast_concepts": 3, "contrast_crops": 3, "summarize_contrast": 1}),
             ("contrast", "epochs", 50, {"train_contrast_hyperplanes": 3, "run_shifting_test": 3, "extract_contrast_concepts": 3,
                                         "contrast_crops": 3, "summarize_contrast": 1}),
+            # a new alpha trains and evaluates only its decoders (one per model, at its last layer)
+            ("cladec", "sweep", {"alphas": [0.9, 0.5]}, {"train_reconstructor": 2, "evaluate_reconstructor": 2, "summarize_cladec": 1}),
+            ("cladec", "occlusion", {"grid": 3}, {"cladec_occlusion": 2, "summarize_cladec": 1}),
+            ("cladec", "eval_train", {"epochs": 2}, {"evaluate_reconstructor": 8, "summarize_cladec": 1}),
         ]:
             changed = yaml.safe_load(yaml.safe_dump(config))
             changed.setdefault(section, {})[key] = value
@@ -219,3 +225,42 @@ def test_contrast_tables_classifiers_and_shifting_test(finished_run):
     offsets = pd.read_csv(folder / "shifting" / "offsets.csv")
     assert sorted(offsets["offset"].unique()) == sorted(config["contrast"].get("shift", {}).get("offsets", [0.0, 0.5, 1.0, 2.0, 10.0, 15.0, 20.0, 35.0, 50.0, 200.0]))
     assert np.isfinite(offsets["pred"]).all()
+
+
+def test_cladec_tables_figures_and_reconstructors(finished_run):
+    import json
+
+    from PIL import Image
+
+    workdir, config = finished_run
+    results = workdir / "results"
+    layers = pd.read_csv(results / "tables" / "cladec_layers.csv")
+    assert list(layers.columns[:10]) == ["model", "dataset", "layer", "alpha", "rec_cladec", "rec_refae", "delta_rec", "acc_cladec", "acc_refae", "delta_acc"]
+    assert set(zip(layers["model"], layers["layer"])) == {("vgg_shortcut", "features.7"), ("resnet_clean", "layer3")}
+    assert (layers[["rec_cladec", "rec_refae"]] > 0).all().all() and layers[["acc_cladec", "acc_refae"]].stack().between(0, 1).all()
+    assert (layers["delta_rec"] - (layers["rec_cladec"] - layers["rec_refae"])).abs().max() < 1e-12
+    assert (layers["epochs"] == 2).all() and (layers["eval_epochs"] == 1).all()
+    alphas = pd.read_csv(results / "tables" / "cladec_alpha.csv")
+    assert sorted(alphas.groupby("model")["alpha"].apply(sorted).tolist()) == [[0.0, 0.9], [0.0, 0.9]]
+    untrained = pd.read_csv(results / "tables" / "cladec_untrained.csv")
+    assert sorted(untrained["classifier"]) == ["trained", "trained", "untrained", "untrained"]
+    subsets = pd.read_csv(results / "tables" / "cladec_subsets.csv")
+    assert sorted(subsets["channels"]) == ["0-63", "0-63", "all", "all"] and {f"rec_class_{c}" for c in range(10)} <= set(subsets.columns)
+    occlusion = pd.read_csv(results / "tables" / "cladec_occlusion.csv")
+    assert sorted(occlusion["method"]) == ["cladec", "cladec", "gradcam", "gradcam"]
+    assert occlusion[["acc_most_relevant_occluded", "acc_least_relevant_occluded"]].stack().between(0, 1).all()
+    # vgg_shortcut's features.7 map is 1x1: Grad-CAM is constant there, on every image
+    flat = occlusion[(occlusion["model"] == "vgg_shortcut") & (occlusion["method"] == "gradcam")].iloc[0]
+    assert flat["n_constant_relevance"] == flat["n_images"]
+    watermark = pd.read_csv(results / "tables" / "cladec_watermark.csv").set_index(["model", "variant"])
+    assert watermark.loc[("vgg_shortcut", "cladec_a0"), "model_trained_with_shortcut"]
+    assert not watermark.loc[("resnet_clean", "cladec_a0"), "model_trained_with_shortcut"]
+    assert (watermark["box_error"] > 0).all() and (watermark["n_images"] > 0).all()
+    folder = results / "cladec" / "digits_shortcut" / "vgg_shortcut" / "features.7"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["cladec_a0", "cladec_a0.9", "cladec_c64", "cladec_untrained", "refae"]
+    evaluation = json.loads((folder / "cladec_c64" / "evaluation.json").read_text())
+    assert evaluation["channels"] == [0, 64] and "acc_eval" not in evaluation  # subsets are not given a C_eval
+    history = pd.read_csv(folder / "refae" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    figure = Image.open(results / "figures" / "cladec" / "digits_shortcut" / "vgg_shortcut" / "features.7.png")
+    assert figure.width > 4 * 64 and figure.height > 2 * 4 * 64  # test and watermarked panels, 4 rows each

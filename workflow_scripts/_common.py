@@ -90,3 +90,34 @@ def predicted_class_samples(snakemake, model, info, data, opts: dict, log, descr
             yield sample
 
     return classes, rows, checked()
+
+
+def sampled_rows(data, split: str, max_images: int | None, seed: int):
+    """Manifest rows of a split, or a seeded random subset of `max_images` of them (in manifest order)."""
+    import numpy as np
+
+    rows = data.split(split)
+    if max_images is not None and len(rows) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_images, replace=False))
+        rows = rows.iloc[keep]
+    return rows
+
+
+def image_loader(data, rows, info: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """A DataLoader of (normalised image, label, image_id) over manifest rows, shuffled with a seeded generator."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from conceptscope.data import ImageDataset
+    from conceptscope.models import build_transform
+
+    dataset = ImageDataset(data, rows, build_transform(info["preprocess"]))
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def untrained_twin(info: dict, seed: int, device):
+    """The explained model's architecture at its seeded initialisation (ClaDec's Table 6, first row)."""
+    from conceptscope.models import build_model
+
+    return build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=seed).to(device).eval()

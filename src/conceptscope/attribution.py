@@ -330,3 +330,28 @@ def layer_attribution(
     if isinstance(attributions, tuple):
         raise AttributionError(f"layer {layer!r} returns several tensors; pick a layer with a single output")
     return attributions.detach()
+
+
+def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.) of `layer` for the target class, upsampled to the input: (B, H, W) in [0, 1].
+
+    The map is ReLU(sum_k mean-gradient_k x activation_k), bilinearly resized to the input size and
+    scaled per image to [0, 1] by its minimum and maximum; a constant map (e.g. a 1x1 layer) is all
+    zeros, so every region of the image is equally relevant. `model` runs in eval mode for the call.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    if inputs.ndim != 4:
+        raise AttributionError(f"inputs must be a batch of images (B, C, H, W), got shape {tuple(inputs.shape)}")
+    device = _model_device(model)
+    inputs = inputs.to(device)
+    if isinstance(target, torch.Tensor):
+        target = target.to(device)
+    with torch.enable_grad(), _eval_mode(model), _without_inplace(model):
+        cam = LayerGradCam(model, get_layer(model, layer)).attribute(inputs, target=target, relu_attributions=True)
+    if isinstance(cam, tuple):
+        raise AttributionError(f"layer {layer!r} returns several tensors; pick a layer with a single output")
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    low = cam.flatten(1).min(1).values[:, None, None]
+    span = cam.flatten(1).max(1).values[:, None, None] - low
+    return torch.where(span > 0, (cam - low) / span.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))

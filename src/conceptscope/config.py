@@ -218,6 +218,8 @@ def _check_method(config: dict, block: str) -> list[str]:
     for i, layer in enumerate(opts["layers"] or []):
         if not any(layer in models[m]["layers"] for m in chosen):
             raise ConfigError(f"config key '{block}.layers[{i}]': {layer!r} is not among the `layers` of model(s) {chosen}")
+    if "classes" not in opts:  # a method that does not pick images by predicted class
+        return chosen
     split_keys = [(f"{block}.split", opts["split"])]
     if block == "contrast" and opts["shift"]["split"] is not None:
         split_keys.append(("contrast.shift.split", opts["shift"]["split"]))
@@ -266,6 +268,33 @@ def _check_contrast(config: dict) -> None:
         raise ConfigError(f"config key 'contrast.classes': contrasting needs at least two classes, got {opts['classes']}")
 
 
+def _has_train_split(spec: dict) -> bool:
+    """Whether a prepared dataset of this spec has training images."""
+    if spec["kind"] == "photos":
+        return False
+    return spec["kind"] != "imagefolder" or spec.get("train_dir") is not None or spec.get("test_dir") is None
+
+
+def _check_cladec(config: dict) -> None:
+    """The `cladec` block: models, datasets (with training images) and layers, and the sweep layers."""
+    chosen = _check_method(config, "cladec")
+    opts, models = config["cladec"], config["models"]
+    for m in chosen:
+        for ds in opts["datasets"] or models[m]["eval_datasets"]:
+            if ds in models[m]["eval_datasets"] and not _has_train_split(config["datasets"][ds]):
+                key = "cladec.datasets" if opts["datasets"] else f"models.{m}.eval_datasets"
+                raise ConfigError(
+                    f"config key '{key}': ClaDec trains decoders on the training images of dataset {ds!r}, which has none; "
+                    "pick datasets with a train split in cladec.datasets"
+                )
+    layers = [layer for m in chosen for layer in models[m]["layers"] if opts["layers"] is None or layer in opts["layers"]]
+    for i, layer in enumerate(opts["sweep"]["layers"] or []):
+        if layer not in layers:
+            raise ConfigError(f"config key 'cladec.sweep.layers[{i}]': {layer!r} is not among the cladec layers {sorted(set(layers))}")
+    if len(set(opts["sweep"]["alphas"])) != len(opts["sweep"]["alphas"]):
+        raise ConfigError(f"config key 'cladec.sweep.alphas': values repeat in {opts['sweep']['alphas']}")
+
+
 def model_num_classes(spec: dict, datasets: dict) -> int:
     """Output classes of a model spec: explicit, else the train dataset's, else ImageNet's 1000."""
     from .data import num_classes_of
@@ -303,4 +332,5 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     _check_selection("crops.selection", config["crops"]["selection"], config["predict"]["splits"])
     _check_concepts(config)
     _check_contrast(config)
+    _check_cladec(config)
     return config

@@ -1,5 +1,5 @@
 """ClaDec (Schneider & Vlachos, "Explaining classifiers by constructing familiar concepts"): decoders of
-classifier layers and the RefAE reference. Work in progress: the library core of issue 7.
+classifier layers and the RefAE reference, their fidelity evaluation and occlusion relevance.
 
 A decoder D is trained on the frozen classifier's activations L(X) at one layer to reconstruct the
 input X, with the loss of Eq. 1: (1 - alpha) * sum_i (X_i - D(L(X))_i)^2 + alpha * CE(C(D(L(X))), Y).
@@ -16,10 +16,13 @@ the input size is not the map size times a power of two, the output is resized t
     decoder = ClaDec(alpha=0.0, epochs=8).fit(model, "features.7", loader)
     reconstructions = decoder.reconstruct(images)
     reference = RefAE(epochs=8).fit(model, "features.7", loader)
+    row = fidelity(decoder, reference, acc_cladec, acc_refae, test_loader)   # Tables 2-5
+    relevance = cladec_occlusion_relevance(decoder, images, occlusion_boxes(28, 28), fill)   # Sec. 6.6
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Sequence
 
@@ -29,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .contrast import split_at_layer
+from ..activations import split_at_layer
+
+_log = logging.getLogger(__name__)
 
 # Table 1: the decoder's transposed convolutions, from the code towards the image.
 DECODER_WIDTHS = (256, 128, 64, 32)
@@ -106,6 +111,7 @@ class _Reconstructor:
                 optimizer.step()
                 total, count = total + loss.item() * len(images), count + len(images)
             history.append(total / max(count, 1))
+            _log.info("%s epoch %d/%d: loss %.5g", type(self).__name__, epoch + 1, self.epochs, history[-1])
         return history
 
     @torch.no_grad()
@@ -118,18 +124,74 @@ class _Reconstructor:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder_(images)[0]
 
+    def save(self, path, **meta) -> None:
+        """Encoder and decoder weights with what `load_reconstructor` needs to rebuild them (atomic)."""
+        from ..utils import atomic_path
+
+        state = {
+            "kind": type(self).__name__, "layer": self.layer_, "code_shape": list(self.code_shape_), "image_shape": list(self.image_shape_),
+            "alpha": getattr(self, "alpha", None), "channels": getattr(self, "channels", None),
+            "epochs": self.epochs, "lr": self.lr, "seed": self.seed, "loss_history": list(self.loss_history_),
+            "encoder": {k: v.cpu() for k, v in self.encoder_.state_dict().items()},
+            "decoder": {k: v.cpu() for k, v in self.decoder_.state_dict().items()}, "meta": meta,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def _build_decoder(self, layer: str, code: torch.Tensor, image_shape: Sequence[int], device) -> None:
+        self.layer_, self.code_shape_, self.image_shape_ = layer, tuple(code.shape[1:]), tuple(image_shape)
+        self.decoder_ = Decoder(self.code_shape_, self.image_shape_).to(device)
+
+
+def load_reconstructor(path, model: nn.Module, device: torch.device | str = "cpu") -> "ClaDec | RefAE":
+    """A saved ClaDec or RefAE, rebuilt on `model`'s architecture (its weights are replaced by the saved
+    encoder's, so a RefAE or an untrained-classifier ClaDec loads onto the explained model too)."""
+    import copy
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    kinds = {"ClaDec": ClaDec, "RefAE": RefAE}
+    if state.get("kind") not in kinds:
+        raise ValueError(f"{path} is not a saved ClaDec or RefAE (kind {state.get('kind')!r})")
+    kwargs = {"alpha": state["alpha"], "channels": state["channels"]} if state["kind"] == "ClaDec" else {}
+    reconstructor = kinds[state["kind"]](epochs=state["epochs"], lr=state["lr"], seed=state["seed"], progress=False, **kwargs)
+    split = split_at_layer(copy.deepcopy(model), state["layer"])
+    if split is None:
+        raise ValueError(f"cannot cut the model at {state['layer']!r} with torch.fx")
+    reconstructor.encoder_ = split[0]
+    reconstructor.encoder_.load_state_dict(state["encoder"])
+    reconstructor.encoder_.to(device).eval().requires_grad_(False)
+    reconstructor.layer_, reconstructor.code_shape_, reconstructor.image_shape_ = state["layer"], tuple(state["code_shape"]), tuple(state["image_shape"])
+    reconstructor.decoder_ = Decoder(reconstructor.code_shape_, reconstructor.image_shape_)
+    reconstructor.decoder_.load_state_dict(state["decoder"])
+    reconstructor.decoder_.to(device).eval()
+    reconstructor.loss_history_ = state["loss_history"]
+    reconstructor.meta = state["meta"]
+    return reconstructor
+
 
 class ClaDec(_Reconstructor):
     """A decoder of the frozen classifier's `layer` (Eq. 1; `alpha` = 0 is the paper's default).
 
+    `channels` = (start, stop) decodes only that subset of the layer's channels (Sec. 6.4).
     Learned: encoder_ (the classifier up to the layer, frozen), decoder_, loss_history_ (per epoch).
     """
 
-    def __init__(self, *, alpha: float = 0.0, **kwargs):
+    def __init__(self, *, alpha: float = 0.0, channels: tuple[int, int] | None = None, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1] (Eq. 1), got {alpha}")
-        self.alpha = alpha
+        if channels is not None and not (0 <= channels[0] < channels[1]):
+            raise ValueError(f"channels must be (start, stop) with 0 <= start < stop, got {channels}")
+        self.alpha, self.channels = alpha, None if channels is None else (int(channels[0]), int(channels[1]))
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        code = self.encoder_(images)[0]
+        if self.channels is None:
+            return code
+        start, stop = self.channels
+        if stop > code.shape[1]:
+            raise ValueError(f"channels {self.channels} exceed the layer's {code.shape[1]} channels")
+        return code[:, start:stop]
 
     def fit(self, model: nn.Module, layer: str, loader: Iterable, image_shape: Sequence[int] | None = None) -> "ClaDec":
         split = split_at_layer(model, layer)
@@ -142,7 +204,7 @@ class ClaDec(_Reconstructor):
         torch.manual_seed(self.seed)
         with torch.no_grad():
             code = self._encode(images[:1].to(device))
-        self.decoder_ = Decoder(code.shape[1:], image_shape or images.shape[1:]).to(device)
+        self._build_decoder(layer, code, image_shape or images.shape[1:], device)
 
         def step(x, y):
             with torch.no_grad():
@@ -184,7 +246,7 @@ class RefAE(_Reconstructor):
             code = self._encode(images[:1].to(device))
         self.encoder_.train()
         torch.manual_seed(self.seed)
-        self.decoder_ = Decoder(code.shape[1:], image_shape or images.shape[1:]).to(device)
+        self._build_decoder(layer, code, image_shape or images.shape[1:], device)
 
         def step(x, y):
             return reconstruction_error(x, self.decoder_(self._encode(x))).mean()
@@ -194,11 +256,23 @@ class RefAE(_Reconstructor):
         return self
 
 
-def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable) -> float:
-    """Mean over images of the summed squared error (the Rec columns of Tables 2-5)."""
+def pixel_errors(images: torch.Tensor, reconstructions: torch.Tensor, std: Sequence[float] | None = None) -> torch.Tensor:
+    """(N,) mean squared error per pixel, on the [0, 1] pixel scale when `std` (the normalisation's
+    per-channel standard deviations) is given, else in the model's input units."""
+    difference = images - reconstructions
+    if std is not None:
+        difference = difference * torch.as_tensor(std, dtype=difference.dtype, device=difference.device).view(1, -1, 1, 1)
+    return (difference**2).flatten(1).mean(dim=1)
+
+
+def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable, std: Sequence[float] | None = None) -> float:
+    """Mean over images of the per-pixel squared error (the Rec columns of Tables 2-5); see `pixel_errors`.
+    Without `std`, the summed squared error per image in input units (the first term of Eq. 1)."""
     errors = []
     for images, *_ in loader:
-        errors.append(reconstruction_error(images, reconstructor.reconstruct(images).cpu()).numpy())
+        reconstructions = reconstructor.reconstruct(images).cpu()
+        error = reconstruction_error(images, reconstructions) if std is None else pixel_errors(images, reconstructions, std)
+        errors.append(error.numpy())
     return float(np.concatenate(errors).mean())
 
 
@@ -221,21 +295,117 @@ def evaluation_accuracy(
     epochs: int = 8,
     seed: int = 0,
     progress: bool = False,
+    **train_options,
 ) -> float:
     """Accuracy of C_eval (Sec. 5): `fresh_model` (the classifier's architecture, untrained) trained on
-    the reconstructions of the training images and tested on those of the test images."""
+    the reconstructions of the training images and tested on those of the test images.
+    `train_options` (batch_size, lr, weight_decay, schedule) go to `train_classifier`: the paper trains
+    C_eval as the classifier it explains."""
     from ..training import train_classifier
 
     device = next(reconstructor.decoder_.parameters()).device
-    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader), epochs=epochs, seed=seed, device=device, progress=progress)
+    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader), epochs=epochs, seed=seed, device=device, progress=progress, **train_options)
     test = reconstructed_dataset(reconstructor, test_loader)
     with torch.no_grad():
         predicted = torch.cat([fresh_model(x.to(device)).argmax(1).cpu() for x in test.tensors[0].split(256)])
     return float((predicted == test.tensors[1]).double().mean())
 
 
-def fidelity(cladec: ClaDec, refae: RefAE, acc_cladec: float, acc_refae: float, test_loader: Iterable) -> dict[str, float]:
+def fidelity(cladec: ClaDec, refae: RefAE, acc_cladec: float, acc_refae: float, test_loader: Iterable, std: Sequence[float] | None = None) -> dict[str, float]:
     """The columns of Tables 2-5: reconstruction errors and ΔRec, evaluation accuracies and ΔAcc."""
-    rec_cladec, rec_refae = mean_reconstruction_error(cladec, test_loader), mean_reconstruction_error(refae, test_loader)
+    rec_cladec, rec_refae = mean_reconstruction_error(cladec, test_loader, std), mean_reconstruction_error(refae, test_loader, std)
     return {"rec_cladec": rec_cladec, "rec_refae": rec_refae, "delta_rec": rec_cladec - rec_refae,
             "acc_cladec": acc_cladec, "acc_refae": acc_refae, "delta_acc": acc_cladec - acc_refae}
+
+
+# --------------------------------------------------------------------------------------------
+# Occlusion relevance (Sec. 6.6, Tables 7-8)
+
+# Sec. 6.6: 12 x 12 squares on 32 x 32 images (0.375 of the side), upper-left corners 0, 6, 12, 20:
+# a 4 x 4 grid of 16 occlusions, filled with the mean pixel of the training data.
+OCCLUSION_SIZE = 12 / 32
+OCCLUSION_GRID = 4
+
+
+def occlusion_boxes(height: int, width: int, *, size: float = OCCLUSION_SIZE, grid: int = OCCLUSION_GRID) -> np.ndarray:
+    """(grid * grid, 4) squares (y0, x0, y1, x1): side round(size * min(height, width)), corners evenly
+    spaced from 0 to the far edge (0, 7, 13, 20 for 32 px, the paper's 0, 6, 12, 20 up to rounding)."""
+    if not 0 < size <= 1 or grid < 1:
+        raise ValueError(f"occlusion size must be in (0, 1] and grid >= 1, got {size} and {grid}")
+    side = max(1, int(round(size * min(height, width))))
+    ys = np.round(np.linspace(0, height - side, grid)).astype(int)
+    xs = np.round(np.linspace(0, width - side, grid)).astype(int)
+    return np.array([(y, x, y + side, x + side) for y in ys for x in xs], dtype=np.int64)
+
+
+def occlude(images: torch.Tensor, box: Sequence[int], fill: torch.Tensor | float) -> torch.Tensor:
+    """A copy of `images` with the square `box` (y0, x0, y1, x1) set to `fill` (a value or one per channel)."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    out = images.clone()
+    fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device)
+    out[:, :, y0:y1, x0:x1] = fill.view(1, -1, 1, 1) if fill.ndim else fill
+    return out
+
+
+def box_sums(maps: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    """(N, K) sums of per-pixel maps (N, H, W) inside each box."""
+    return torch.stack([maps[:, y0:y1, x0:x1].sum(dim=(1, 2)) for y0, x0, y1, x1 in boxes], dim=1)
+
+
+@torch.no_grad()
+def cladec_occlusion_relevance(reconstructor: _Reconstructor, images: torch.Tensor, boxes: np.ndarray, fill) -> torch.Tensor:
+    """R(O) = sum over the occluded pixels of ||X_E^occ - X_E||^2 (Sec. 6.6): (N, K) for the K boxes."""
+    reference = reconstructor.reconstruct(images).cpu()
+    relevance = []
+    for box in boxes:
+        occluded = reconstructor.reconstruct(occlude(images, box, fill)).cpu()
+        y0, x0, y1, x1 = box
+        relevance.append(((occluded - reference)[:, :, y0:y1, x0:x1] ** 2).flatten(1).sum(1))
+    return torch.stack(relevance, dim=1)
+
+
+def extreme_occlusions(relevance, rng: np.random.Generator, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the index of a least and of a most relevant occlusion; ties (within `rtol`) are
+    broken uniformly at random (Sec. 6.6), so a constant relevance picks two independent random boxes."""
+    relevance = np.asarray(relevance, dtype=np.float64)
+    picks = []
+    for extreme in (relevance.min(1), relevance.max(1)):
+        chosen = np.empty(len(relevance), dtype=np.int64)
+        for i, (row, value) in enumerate(zip(relevance, extreme)):
+            candidates = np.flatnonzero(np.isclose(row, value, rtol=rtol, atol=0.0))
+            chosen[i] = candidates[rng.integers(len(candidates))]
+        picks.append(chosen)
+    return picks[0], picks[1]
+
+
+@torch.no_grad()
+def occluded_predictions(model: nn.Module, images: torch.Tensor, boxes: np.ndarray, choice: np.ndarray, fill, batch_size: int = 256) -> np.ndarray:
+    """The model's predicted classes for the images, each with its chosen box occluded."""
+    device = next(model.parameters()).device
+    occluded = images.clone()
+    for k in np.unique(choice):
+        rows = torch.as_tensor(np.flatnonzero(choice == k))
+        occluded[rows] = occlude(images[rows], boxes[k], fill)
+    return torch.cat([model(x.to(device)).argmax(1).cpu() for x in occluded.split(batch_size)]).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# A planted watermark in the reconstructions
+
+
+def box_errors(reconstructions: torch.Tensor, targets: torch.Tensor, boxes: np.ndarray, std: Sequence[float] | None = None) -> np.ndarray:
+    """(N,) mean squared error per pixel inside each image's own box (x0, y0, x1, y1 in pixels, as the
+    dataset manifest records watermarks), on the [0, 1] scale when `std` is given."""
+    errors = pixel_maps(reconstructions, targets, std)
+    out = np.empty(len(errors))
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.int64)):
+        out[i] = float(errors[i, y0:y1, x0:x1].mean())
+    return out
+
+
+def pixel_maps(reconstructions: torch.Tensor, targets: torch.Tensor, std: Sequence[float] | None = None) -> torch.Tensor:
+    """(N, H, W) squared error per pixel, averaged over channels (on the [0, 1] scale with `std`)."""
+    difference = (reconstructions - targets).cpu()
+    if std is not None:
+        difference = difference * torch.as_tensor(std, dtype=difference.dtype).view(1, -1, 1, 1)
+    return (difference**2).mean(dim=1)

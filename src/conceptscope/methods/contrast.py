@@ -31,11 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import zarr
-from torch import fx, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import LayerRecorder
-from ..models import get_layer
+from ..activations import LayerRunner  # also what the contrast workflow scripts import from here
 from ..utils import float32_array
 
 # Sec. 5.1.1: positions below 0.25 x the image's maximum attribution are dropped.
@@ -314,103 +313,6 @@ class ContrastHyperplanes:
         planes.attrs = dict(attrs)
         planes._lookup = None
         return planes
-
-
-# --------------------------------------------------------------------------------------------
-# Running a model from a hidden layer on (shifted activations)
-
-
-class _LayerLeafTracer(fx.Tracer):
-    def __init__(self, layer: str):
-        super().__init__()
-        self.layer = layer
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name == self.layer or super().is_leaf_module(module, qualified_name)
-
-
-def split_at_layer(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule] | None:
-    """`model` cut at `layer` into (head, tail), or None where it cannot be traced.
-
-    head(images) returns (layer output, *saved) and tail(layer output, *saved) the logits, where
-    `saved` are the values computed before the layer that are still needed after it (e.g. the input
-    of a residual block whose first conv is the layer). Built with torch.fx; None for models with
-    data-dependent control flow or a layer called more than once.
-    """
-    get_layer(model, layer)
-    try:
-        traced = fx.GraphModule(model, _LayerLeafTracer(layer).trace(model))
-    except Exception:  # untraceable control flow: the caller falls back to a full forward pass
-        return None
-    nodes = list(traced.graph.nodes)
-    cuts = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer]
-    if len(cuts) != 1:
-        return None
-    before, after = nodes[: cuts[0] + 1], nodes[cuts[0] + 1 :]
-    call, inside = before[-1], set(before)
-    needed_after = [n for n in before[:-1] if any(user not in inside for user in n.users)]
-    head, tail = fx.Graph(), fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in before:
-        env[node] = head.node_copy(node, lambda n: env[n])
-    saved = [n for n in needed_after if n.op != "get_attr"]
-    head.output((env[call], *(env[n] for n in saved)))
-    env = {call: tail.placeholder("layer_output")}
-    for i, node in enumerate(saved):
-        env[node] = tail.placeholder(f"saved_{i}")
-    for node in [n for n in needed_after if n.op == "get_attr"] + after:  # parameters are read, not passed
-        env[node] = tail.node_copy(node, lambda n: env[n])
-    parts = []
-    for graph in (head, tail):
-        part = fx.GraphModule(traced, graph)
-        part.delete_all_unused_submodules()
-        parts.append(part.eval())
-    return parts[0], parts[1]
-
-
-class LayerRunner:
-    """Run a model up to `layer` (head) and on from it with replaced activations (tail).
-
-    Uses `split_at_layer` where the model traces, so moving activations costs only the tail;
-    otherwise the head records the layer with a hook and the tail reruns the whole model with
-    the layer's output replaced.
-    """
-
-    def __init__(self, model: nn.Module, layer: str):
-        self.model, self.layer = model, layer
-        self.split = split_at_layer(model, layer)
-
-    @property
-    def traced(self) -> bool:
-        return self.split is not None
-
-    def head(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """(the layer's activations, what the tail needs besides them)."""
-        with torch.no_grad():
-            if self.split is not None:
-                out = self.split[0](images)
-                return out[0], tuple(out[1:])
-            with LayerRecorder(self.model, [self.layer]) as recorder:
-                self.model(images)
-            return recorder.outputs[self.layer], (images,)
-
-    def tail(self, activations: torch.Tensor, saved: tuple) -> torch.Tensor:
-        """The logits with the layer's output replaced by `activations` (`saved` from `head`)."""
-        with torch.no_grad():
-            if self.split is not None:
-                return self.split[1](activations, *saved)
-            handle = get_layer(self.model, self.layer).register_forward_hook(lambda module, inputs, output: activations)
-            try:
-                return self.model(*saved)
-            finally:
-                handle.remove()
-
-    def activations(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(images)[0]
-
-    def logits(self, images: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-        """The model's logits for `images` with the layer's output replaced by `activations`."""
-        return self.tail(activations, self.head(images)[1])
 
 
 # --------------------------------------------------------------------------------------------
