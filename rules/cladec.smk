@@ -151,6 +151,28 @@ rule cladec_figure:
         "../workflow_scripts/cladec_figure.py"
 
 
+rule cladec_watermark:
+    input:
+        unpack(lambda w: {"data": dataset_dir(w.dataset), **model_files(w.model)}),
+        reconstructors=lambda w: [cladec_dir(v, "reconstructor.pt").format(**w) for v in cladec_variants(w.model, w.layer)],
+    output:
+        cladec_dir("watermark.csv"),
+    params:
+        variants=lambda w: cladec_variants(w.model, w.layer),
+        max_test_images=config["cladec"]["max_test_images"],
+        batch_size=config["cladec"]["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        result("logs", "cladec_watermark", "{dataset}", "{model}", "{layer}.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../workflow_scripts/cladec_watermark.py"
+
+
 def cladec_evaluations():
     return [
         result("cladec", ds, model, layer, variant, "evaluation.json")
@@ -164,6 +186,8 @@ rule summarize_cladec:
         evaluations=cladec_evaluations(),
         occlusion=[result("cladec", ds, model, layer, "occlusion.csv") for ds, model, layer in cladec_jobs()] if config["cladec"]["occlusion"]["enabled"] else [],
         figures=[result("figures", "cladec", ds, model, f"{layer}.png") for ds, model, layer in cladec_jobs()] if config["cladec"]["figures"] else [],
+        # datasets with a planted shortcut: how much of the watermark each reconstructor keeps
+        watermark=[result("cladec", ds, model, layer, "watermark.csv") for ds, model, layer in cladec_jobs() if DATASETS[ds].get("shortcut")],
     output:
         layers=result("tables", "cladec_layers.csv"),
         alphas=result("tables", "cladec_alpha.csv"),

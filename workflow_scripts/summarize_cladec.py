@@ -5,8 +5,9 @@
 - cladec_untrained.csv (Table 6): the decoder of the trained vs the untrained classifier, beside the RefAE;
 - cladec_subsets.csv (Sec. 6.4): decoders of the first k channels, reconstruction error overall and per class;
 - cladec_occlusion.csv (Tables 7-8): ClaDec and Grad-CAM occlusion accuracies;
-- cladec_watermark.csv: per-pixel error inside the planted watermark box, for every model, layer and
-  reconstructor (the shortcut-trained model's decoder should reproduce the watermark, a clean one's not).
+- cladec_watermark.csv: per model, layer and reconstructor, the share of the planted watermark its
+  reconstructions keep (the shortcut-trained model's decoder should keep it, a clean one's not) and
+  the per-pixel error inside the watermark box.
 """
 
 import json
@@ -110,13 +111,18 @@ write(occlusion, sm.output.occlusion, keys + ["method", "acc_most_relevant_occlu
 
 watermark = []
 if len(evaluations) and "watermark" in evaluations:
-    for _, row in evaluations[evaluations["watermark"].notna() & ~evaluations["variant"].str.startswith("cladec_c")].iterrows():
+    for _, row in evaluations[evaluations["watermark"].notna()].iterrows():
         w = row["watermark"]
         trained_on = sm.params.train_datasets.get(row["model"])
         watermark.append({**{k: row[k] for k in keys}, "variant": row["variant"],
                           "model_trained_with_shortcut": trained_on in sm.params.shortcut_datasets, **w})
-write(pd.DataFrame(watermark), sm.output.watermark,
-      keys + ["variant", "model_trained_with_shortcut", "box_error", "box_error_vs_clean", "outside_error", "box_error_shortcut_class",
-              "box_error_other_classes", "n_images"])
+watermark = pd.DataFrame(watermark)
+kept = [pd.read_csv(path).assign(**dict(zip(("dataset", "model", "layer"), Path(path).parts[-4:-1])))
+        for path in (sm.input.watermark if hasattr(sm.input, "watermark") else [])]
+if kept and len(watermark):
+    watermark = watermark.merge(pd.concat(kept).drop(columns="n_images"), on=keys + ["variant"], how="left")
+write(watermark, sm.output.watermark,
+      keys + ["variant", "model_trained_with_shortcut", "watermark_kept", "watermark_kept_shortcut_class", "watermark_kept_other_classes",
+              "box_error", "box_error_vs_clean", "outside_error", "box_error_shortcut_class", "box_error_other_classes", "n_images"])
 log.info("%d evaluations: %d layer rows, %d sweep rows, %d occlusion rows, %d watermark rows", len(evaluations), len(layers),
          len(alphas), len(occlusion), len(watermark))

@@ -409,3 +409,21 @@ def pixel_maps(reconstructions: torch.Tensor, targets: torch.Tensor, std: Sequen
     if std is not None:
         difference = difference * torch.as_tensor(std, dtype=difference.dtype).view(1, -1, 1, 1)
     return (difference**2).mean(dim=1)
+
+
+def watermark_kept(reconstructed_marked: torch.Tensor, reconstructed_clean: torch.Tensor, marked: torch.Tensor, clean: torch.Tensor,
+                   boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How much of a stamped watermark a reconstruction carries, per image: (num, den) with
+    num = <R(X_wm) - R(X), X_wm - X> and den = ||X_wm - X||^2 over the box (x0, y0, x1, y1) and channels.
+
+    num / den is the share of the watermark's signal (its projection) that appears in the
+    reconstruction: 1 when the watermark is reproduced, 0 when the reconstruction ignores it, 0.5 for
+    a one-pixel checker reproduced as its mean grey. Pool over images as sum(num) / sum(den).
+    """
+    signal = (marked - clean).cpu()
+    response = (reconstructed_marked - reconstructed_clean).cpu()
+    num, den = np.empty(len(signal)), np.empty(len(signal))
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.int64)):
+        s, r = signal[i, :, y0:y1, x0:x1], response[i, :, y0:y1, x0:x1]
+        num[i], den[i] = float((s * r).sum()), float((s * s).sum())
+    return num, den
