@@ -197,7 +197,7 @@ rule summarize_cladec:
         watermark=result("tables", "cladec_watermark.csv"),
     params:
         main_variant=main_variant(),
-        train_datasets={model: spec["train_dataset"] for model, spec in MODELS.items()},
+        train_datasets={model: MODELS[model]["train_dataset"] for model in sorted({m for _, m, _ in cladec_jobs()})},
         shortcut_datasets=[ds for ds, spec in DATASETS.items() if spec.get("shortcut")],
     log:
         result("logs", "summarize_cladec.log"),

@@ -80,7 +80,8 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
         changed["models"]["resnet_clean"]["train"]["lr"] = 0.01
         (workdir / "config.yaml").write_text(yaml.safe_dump(changed))
         # resnet_clean's, and nobody else's (its ClaDec variants too: refae, alpha 0 and 0.9, untrained, 64 channels)
-        cladec_jobs = {"train_reconstructor": 5, "evaluate_reconstructor": 5, "cladec_occlusion": 1, "cladec_figure": 1, "summarize_cladec": 1}
+        cladec_jobs = {"train_reconstructor": 5, "evaluate_reconstructor": 5, "cladec_occlusion": 1, "cladec_figure": 1, "cladec_watermark": 1,
+                       "summarize_cladec": 1}
         assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs}
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -104,7 +105,8 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
             ("contrast", "epochs", 50, {"train_contrast_hyperplanes": 3, "run_shifting_test": 3, "extract_contrast_concepts": 3,
                                         "contrast_crops": 3, "summarize_contrast": 1}),
             # a new alpha trains and evaluates only its decoders (one per model, at its last layer)
-            ("cladec", "sweep", {"alphas": [0.9, 0.5]}, {"train_reconstructor": 2, "evaluate_reconstructor": 2, "summarize_cladec": 1}),
+            ("cladec", "sweep", {"alphas": [0.9, 0.5]}, {"train_reconstructor": 2, "evaluate_reconstructor": 2, "cladec_watermark": 2,
+                                                           "summarize_cladec": 1}),
             ("cladec", "occlusion", {"grid": 3}, {"cladec_occlusion": 2, "summarize_cladec": 1}),
             ("cladec", "eval_train", {"epochs": 2}, {"evaluate_reconstructor": 8, "summarize_cladec": 1}),
         ]:
@@ -256,6 +258,7 @@ def test_cladec_tables_figures_and_reconstructors(finished_run):
     assert watermark.loc[("vgg_shortcut", "cladec_a0"), "model_trained_with_shortcut"]
     assert not watermark.loc[("resnet_clean", "cladec_a0"), "model_trained_with_shortcut"]
     assert (watermark["box_error"] > 0).all() and (watermark["n_images"] > 0).all()
+    assert watermark["watermark_kept"].notna().all() and (watermark["watermark_kept"].abs() < 1.5).all()
     folder = results / "cladec" / "digits_shortcut" / "vgg_shortcut" / "features.7"
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["cladec_a0", "cladec_a0.9", "cladec_c64", "cladec_untrained", "refae"]
     evaluation = json.loads((folder / "cladec_c64" / "evaluation.json").read_text())

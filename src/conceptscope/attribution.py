@@ -353,5 +353,8 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target)
         raise AttributionError(f"layer {layer!r} returns several tensors; pick a layer with a single output")
     cam = LayerAttribution.interpolate(cam.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     low = cam.flatten(1).min(1).values[:, None, None]
-    span = cam.flatten(1).max(1).values[:, None, None] - low
-    return torch.where(span > 0, (cam - low) / span.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    high = cam.flatten(1).max(1).values[:, None, None]
+    span = high - low
+    # a map upsampled from one value differs only by interpolation rounding: that is a constant map
+    varies = span > 1e-5 * high.abs()
+    return torch.where(varies, (cam - low) / span.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
