@@ -34,6 +34,7 @@ include: "rules/activations.smk"
 include: "rules/concepts.smk"
 include: "rules/contrast.smk"
 include: "rules/cladec.smk"
+include: "rules/nave.smk"
 
 
 rule all:

@@ -95,4 +95,6 @@ def all_targets():
         targets.append(result("tables", "contrast_shifting_test.csv"))
     if method_jobs("cladec"):
         targets.append(result("tables", "cladec_layers.csv"))
+    if method_pairs("nave"):
+        targets.append(result("tables", "nave_object_extraction.csv"))
     return targets

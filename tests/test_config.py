@@ -112,6 +112,13 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c.update(cladec={"alpha": 1.5}), ["cladec.alpha", "<= 1"]),
         (lambda c: c.update(cladec={"eval_train": {"epochs": 0}}), ["cladec.eval_train.epochs", ">= 1"]),
         (lambda c: c.update(cladec={"occlusion": {"size": 0}}), ["cladec.occlusion.size"]),
+        (lambda c: c.update(nave={"models": ["resnet_nope"]}), ["nave.models[0]", "resnet_nope"]),
+        (lambda c: c.update(nave={"models": ["vgg_clean"], "layer_sets": [["features.3", "layer3"]]}), ["nave.layer_sets[0]", "no NAVE model"]),
+        (lambda c: c.update(nave={"models": ["vgg_clean"], "layer_sets": [["features.3", "features.3"]]}), ["nave.layer_sets[0]", "repeats"]),
+        (lambda c: c.update(nave={"k": [1]}), ["nave.k.0", ">= 2"]),
+        (lambda c: c.update(nave={"clustering": ["dbscan"]}), ["nave.clustering.0", "kmeans"]),
+        (lambda c: c.update(nave={"strategies": ["outer", "outer"]}), ["nave.strategies", "repeat"]),
+        (lambda c: c.update(nave={"classwide": {"clustering": "ward", "max_fit_pixels": 100000}}), ["nave.classwide.max_fit_pixels", "Ward"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

@@ -27,6 +27,12 @@ def test_digits_are_the_5000_real_mnist_digits_split_stratified(tmp_path):
     # real handwriting: dark background, a bright stroke covering a minority of pixels
     assert image[0, 0] == 0 and image.max() > 200 and 0.05 < (image > 128).mean() < 0.5
     assert data.shortcut_class is None and len(data.split("test_watermarked")) == 0
+    # the object box is the digit's ink extent: ink touches each edge, none lies outside
+    row = next(test.itertuples())
+    x0, y0, x1, y1 = (int(v) for v in (row.box_x0, row.box_y0, row.box_x1, row.box_y1))
+    ink = image > 0
+    assert ink[y0:y1, x0:x1].sum() == ink.sum()
+    assert ink[y0, x0:x1].any() and ink[y1 - 1, x0:x1].any() and ink[y0:y1, x0].any() and ink[y0:y1, x1 - 1].any()
 
 
 def test_same_split_seed_gives_same_split_for_shortcut_twin(tmp_path):
@@ -124,7 +130,8 @@ def test_imagefolder_folder_labels_boxes_and_split(tmp_path, tiny_imagenet_root)
     assert data.classes == ["n01443537", "n01629819"]
     assert data.meta["imagenet_index"] == [imagenet_wnids().index("n01443537"), imagenet_wnids().index("n01629819")]
     assert len(data.manifest) == 20 and 4 <= len(data.split("test")) <= 6
-    boxes = {file: tuple(map(float, rest)) for file, _, *rest in chosen}
+    # the file's inclusive last column/row become pixel edges
+    boxes = {file: (float(x0), float(y0), float(x1) + 1, float(y1) + 1) for file, _, x0, y0, x1, y1 in chosen}
     for row in data.manifest.itertuples():
         name = row.source.rsplit("/", 1)[-1]
         assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == boxes[name]

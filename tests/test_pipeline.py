@@ -82,7 +82,9 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
         # resnet_clean's, and nobody else's (its ClaDec variants too: refae, alpha 0 and 0.9, untrained, 64 channels)
         cladec_jobs = {"train_reconstructor": 5, "evaluate_reconstructor": 5, "cladec_occlusion": 1, "cladec_figure": 1, "cladec_watermark": 1,
                        "summarize_cladec": 1}
-        assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs}
+        # its NAVE segments, class-wide clusters and figure; the baselines list the images of its store
+        nave_jobs = {"segment_nave": 1, "segment_baseline": 2, "nave_classwide": 1, "nave_figure": 1, "summarize_nave": 1}
+        assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs, **nave_jobs}
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -109,6 +111,10 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
                                                            "summarize_cladec": 1}),
             ("cladec", "occlusion", {"grid": 3}, {"cladec_occlusion": 2, "summarize_cladec": 1}),
             ("cladec", "eval_train", {"epochs": 2}, {"evaluate_reconstructor": 8, "summarize_cladec": 1}),
+            # a new K segments each NAVE pair once more, with its SLIC twin; the figures keep showing the first K
+            ("nave", "k", [3, 4], {"segment_nave": 2, "segment_baseline": 2, "summarize_nave": 1}),
+            ("nave", "classwide", {"enabled": True, "k": 5, "classes": [0, 3], "max_images": 6}, {"nave_classwide": 2, "summarize_nave": 1}),
+            ("nave", "baselines", {"felzenszwalb": {"scale": 50.0}}, {"segment_baseline": 2, "nave_figure": 2, "summarize_nave": 1}),
         ]:
             changed = yaml.safe_load(yaml.safe_dump(config))
             changed.setdefault(section, {})[key] = value
@@ -267,3 +273,32 @@ def test_cladec_tables_figures_and_reconstructors(finished_run):
     assert history["epoch"].tolist() == [1, 2]
     figure = Image.open(results / "figures" / "cladec" / "digits_shortcut" / "vgg_shortcut" / "features.7.png")
     assert figure.width > 4 * 64 and figure.height > 2 * 4 * 64  # test and watermarked panels, 4 rows each
+
+
+def test_nave_tables_segments_and_figures(finished_run):
+    from PIL import Image
+
+    from conceptscope.store import RowStore
+
+    workdir, config = finished_run
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables" / "nave_object_extraction.csv")
+    assert list(table.columns[:8]) == ["model", "weights", "train_dataset", "dataset", "layers", "method", "clustering", "k"]
+    assert {"strategy", "ap50", "n_images"} <= set(table.columns)
+    # the digits carry object boxes (their ink extent); the photos have none, so only the digits are scored
+    assert set(table.model) == {"resnet_clean"} and set(table.dataset) == {"digits_shortcut"}
+    assert set(zip(table.method, table.strategy)) == {(m, s) for m in ("nave", "nave_classwide", "slic", "felzenszwalb") for s in ("outer", "inner")}
+    assert table.ap50.between(0, 1).all() and (table.n_images[table.method == "nave"] == 120).all()
+    nave = table.set_index(["method", "strategy"]).ap50
+    assert nave["nave", "outer"] > 0.5  # a trained digit model separates the digit from the black background
+    assert (nave["nave", "inner"] <= nave["nave", "outer"]) and (nave["slic", "inner"] <= nave["slic", "outer"])
+    marks = pd.read_csv(results / "tables" / "nave_watermark.csv")
+    assert set(marks.model) == {"resnet_clean"} and marks.covered_rate.between(0, 1).all() and (marks.n_images[marks.method == "nave"] == 120).all()
+    segments = RowStore(results / "nave" / "digits_shortcut" / "resnet_clean" / "layer3" / "k3_kmeans" / "segments.zarr")
+    labels = segments["labels"][:]
+    assert labels.shape == (120, 7, 7) and labels.max() == 2 and (labels.reshape(120, -1).max(axis=1) == 2).all()
+    photos = RowStore(results / "nave" / "photos" / "mobilenet_v2" / "features.18" / "k3_kmeans" / "segments.zarr")
+    assert photos["labels"].shape == (25, 7, 7) and photos.attrs["layers"] == ["features.18"]
+    for figure in ("segments.png", "classwide_layer3.png"):
+        with Image.open(results / "figures" / "nave" / "digits_shortcut" / "resnet_clean" / figure) as image:
+            assert image.width > 3 * 112 and image.height > 4 * 112

@@ -121,3 +121,59 @@ def untrained_twin(info: dict, seed: int, device):
     from conceptscope.models import build_model
 
     return build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=seed).to(device).eval()
+
+
+def stored_rows(store, data, max_images=None):
+    """Manifest rows of the images in an activation store, in store order (the first `max_images`)."""
+    import numpy as np
+
+    ids = store.image_ids[: max_images or None]
+    rows = data.manifest.set_index("image_id").loc[ids].reset_index()
+    if not np.array_equal(rows["image_id"].to_numpy(), ids):
+        raise ValueError(f"store {store.path}: image ids do not match dataset {data.path}")
+    return rows
+
+
+def frame_targets(row, preprocess: dict) -> dict:
+    """Boxes of one manifest row in the model's input frame: {'object': (1, 4), 'watermark': (1, 4)} (NaN where none)."""
+    import numpy as np
+
+    from conceptscope.models import frame_boxes
+
+    obj = np.array([[row.box_x0, row.box_y0, row.box_x1, row.box_y1]], dtype=float)
+    wm = np.array([[row.wm_x0, row.wm_y0, row.wm_x1, row.wm_y1]], dtype=float) if row.wm_x0 >= 0 else np.full((1, 4), np.nan)
+    return {kind: frame_boxes(boxes, row.width, row.height, preprocess) for kind, boxes in (("object", obj), ("watermark", wm))}
+
+
+def write_segments(path, labels_iter, n_rows: int, attrs: dict):
+    """Write (image_id, labels) batches into a complete `segments.zarr` row store at `path`, atomically."""
+    import numpy as np
+
+    from conceptscope.store import RowStoreWriter, provenance
+    from conceptscope.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        writer = RowStoreWriter(tmp, n_rows, chunk_rows=256, attrs=provenance("segments", **attrs))
+        try:
+            for ids, labels in labels_iter:
+                writer.append(image_id=np.asarray(ids, np.int64), labels=np.asarray(labels, np.int32))
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+
+
+SCORE_COLUMNS = ["image_id", "label", "target", "strategy", "segment", "x0", "y0", "x1", "y1", "iou"]
+
+
+def write_scores(path, scores: list, threshold: float, log) -> None:
+    """Write segment-selection rows (segment_nave, segment_baseline, nave_classwide) to `boxes.csv`, logging each hit rate."""
+    import pandas as pd
+
+    from conceptscope.utils import atomic_path
+
+    table = pd.DataFrame(scores, columns=SCORE_COLUMNS)
+    for (target, strategy), part in table.groupby(["target", "strategy"]):
+        log.info("%s boxes, %s strategy: IoU > %.2f for %.3f of %d images", target, strategy, threshold, (part.iou > threshold).mean(), len(part))
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)

@@ -215,7 +215,7 @@ def _check_method(config: dict, block: str) -> list[str]:
                 )
     if not chosen:
         return chosen
-    for i, layer in enumerate(opts["layers"] or []):
+    for i, layer in enumerate(opts.get("layers") or []):
         if not any(layer in models[m]["layers"] for m in chosen):
             raise ConfigError(f"config key '{block}.layers[{i}]': {layer!r} is not among the `layers` of model(s) {chosen}")
     if "classes" not in opts:  # a method that does not pick images by predicted class
@@ -295,6 +295,45 @@ def _check_cladec(config: dict) -> None:
         raise ConfigError(f"config key 'cladec.sweep.alphas': values repeat in {opts['sweep']['alphas']}")
 
 
+def nave_layer_sets(config: dict, model: str) -> list[list[str]]:
+    """The layer sets NAVE clusters for a model: the configured sets it has every layer of, or each layer alone."""
+    sets = config["nave"]["layer_sets"]
+    layers = config["models"][model]["layers"]
+    if sets is None:
+        return [[layer] for layer in layers]
+    return [list(s) for s in sets if set(s) <= set(layers)]
+
+
+def _check_nave(config: dict) -> None:
+    """The `nave` block: models, datasets, layer sets, and settings that cannot run."""
+    from .methods.nave import WARD_MAX_PIXELS
+
+    chosen = _check_method(config, "nave")
+    opts, models = config["nave"], config["models"]
+    for i, layer_set in enumerate(opts["layer_sets"] or []):
+        if len(set(layer_set)) != len(layer_set):
+            raise ConfigError(f"config key 'nave.layer_sets[{i}]': a layer repeats in {layer_set}")
+        if chosen and not any(set(layer_set) <= set(models[m]["layers"]) for m in chosen):
+            raise ConfigError(
+                f"config key 'nave.layer_sets[{i}]': no NAVE model has all of {layer_set} among its `layers` "
+                f"({ {m: models[m]['layers'] for m in chosen} })"
+            )
+    for m in chosen:
+        if not nave_layer_sets(config, m):
+            raise ConfigError(f"config key 'nave.layer_sets': none of the sets applies to model {m!r} (layers {models[m]['layers']})")
+    for key in ("k", "clustering", "strategies"):
+        if len(set(opts[key])) != len(opts[key]):
+            raise ConfigError(f"config key 'nave.{key}': values repeat in {opts[key]}")
+    classwide = opts["classwide"]
+    if classwide["max_fit_pixels"] < classwide["k"]:
+        raise ConfigError(f"config key 'nave.classwide.max_fit_pixels': {classwide['max_fit_pixels']} pixels cannot make {classwide['k']} clusters")
+    if classwide["clustering"] == "ward" and classwide["max_fit_pixels"] > WARD_MAX_PIXELS:
+        raise ConfigError(
+            f"config key 'nave.classwide.max_fit_pixels': Ward keeps a pixels x pixels distance matrix; "
+            f"use at most {WARD_MAX_PIXELS} pixels with clustering ward"
+        )
+
+
 def model_num_classes(spec: dict, datasets: dict) -> int:
     """Output classes of a model spec: explicit, else the train dataset's, else ImageNet's 1000."""
     from .data import num_classes_of
@@ -333,4 +372,5 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     _check_concepts(config)
     _check_contrast(config)
     _check_cladec(config)
+    _check_nave(config)
     return config

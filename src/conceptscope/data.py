@@ -137,6 +137,8 @@ def _digits(spec: dict) -> RawDataset:
     images, labels = mnist_data()
     array = images.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
     n = len(array)
+    ink = array > 0
+    rows, cols = ink.any(axis=2), ink.any(axis=1)  # (N, 28) each
     records = _records(
         n,
         source="images.npy",
@@ -145,6 +147,11 @@ def _digits(spec: dict) -> RawDataset:
         split=None,
         width=28,
         height=28,
+        # the object box: the digit's ink extent, as (x0, y0, x1, y1) pixel edges
+        box_x0=cols.argmax(axis=1).astype(np.float64),
+        box_y0=rows.argmax(axis=1).astype(np.float64),
+        box_x1=(28 - cols[:, ::-1].argmax(axis=1)).astype(np.float64),
+        box_y1=(28 - rows[:, ::-1].argmax(axis=1)).astype(np.float64),
     )
     return RawDataset(records, [str(d) for d in range(10)], None, array=array)
 
@@ -214,12 +221,15 @@ def _read_annotations(path: Path) -> list[list[str]]:
 
 
 def _read_boxes(path: Path) -> dict[str, tuple[float, float, float, float]]:
+    """Object boxes by file name: the file's inclusive pixel indices (Tiny ImageNet, ImageNet) as
+    (x0, y0, x1, y1) pixel edges, the manifest's convention (columns x0..x1-1, rows y0..y1-1)."""
     boxes = {}
     for parts in _read_annotations(path):
         if len(parts) < 6:
             raise DatasetError(f"{path}: expected 'file<TAB>class<TAB>x0<TAB>y0<TAB>x1<TAB>y1', got {chr(9).join(parts)!r}")
         try:
-            boxes[parts[0]] = tuple(float(v) for v in parts[2:6])
+            x0, y0, x1, y1 = (float(v) for v in parts[2:6])
+            boxes[parts[0]] = (x0, y0, x1 + 1, y1 + 1)  # inclusive last pixel -> pixel edges
         except ValueError:
             raise DatasetError(f"{path}: box of {parts[0]!r} is not four numbers: {parts[2:6]}") from None
     return boxes

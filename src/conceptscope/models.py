@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -182,15 +183,53 @@ def resolve_preprocess(arch: str, overrides: dict | None) -> dict:
     return resolved
 
 
-def build_transform(preprocess: dict) -> Callable:
-    """PIL image -> normalised float tensor (C, input_size, input_size)."""
+def build_frame_transform(preprocess: dict) -> Callable:
+    """PIL image -> PIL image as the model sees it (colour mode, resize, centre crop), before normalising."""
     steps: list[Callable] = [T.Grayscale(1) if preprocess["channels"] == 1 else T.Lambda(lambda im: im.convert("RGB"))]
     if preprocess.get("resize"):
         steps.append(T.Resize(preprocess["resize"], interpolation=T.InterpolationMode.BILINEAR, antialias=True))
     if preprocess.get("input_size"):
         steps.append(T.CenterCrop(preprocess["input_size"]))
-    steps += [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
     return T.Compose(steps)
+
+
+def build_transform(preprocess: dict) -> Callable:
+    """PIL image -> normalised float tensor (C, input_size, input_size)."""
+    return T.Compose([build_frame_transform(preprocess), T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])
+
+
+def frame_size(width: int, height: int, preprocess: dict) -> tuple[int, int]:
+    """(H, W) of an image of `width` x `height` pixels after the preprocessing's resize and crop."""
+    if preprocess.get("input_size"):
+        return preprocess["input_size"], preprocess["input_size"]
+    if preprocess.get("resize"):
+        short, long = sorted((width, height))
+        side = (preprocess["resize"], int(preprocess["resize"] * long / short))
+        return (side[0], side[1]) if height <= width else (side[1], side[0])
+    return height, width
+
+
+def frame_boxes(boxes: np.ndarray, width: int, height: int, preprocess: dict) -> np.ndarray:
+    """Boxes (M, 4) as (x0, y0, x1, y1) in original pixels -> the same boxes in the model's input frame.
+
+    Follows torchvision's Resize (shorter side to `resize`, the longer one truncated) and CenterCrop
+    (offset round((size - crop) / 2), or centred padding when the crop is larger); clipped to the frame.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    new_w, new_h = width, height
+    if preprocess.get("resize"):
+        new_h, new_w = frame_size(width, height, {"resize": preprocess["resize"]})
+        boxes[:, [0, 2]] *= new_w / width
+        boxes[:, [1, 3]] *= new_h / height
+    if preprocess.get("input_size"):
+        crop = preprocess["input_size"]
+        for axis, size in ((0, new_w), (1, new_h)):
+            offset = int(round((size - crop) / 2.0)) if size >= crop else -((crop - size) // 2)
+            boxes[:, [axis, axis + 2]] -= offset
+        new_w = new_h = crop
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, new_w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, new_h)
+    return boxes
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | None = None) -> nn.Module:

@@ -87,6 +87,31 @@ def tile_grid(
     return canvas
 
 
+# a qualitative palette (matplotlib's tab20 order) for segment ids; ids beyond it wrap around
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150),
+    (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+], dtype=np.float32)
+
+
+def overlay_segments(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, boxes: Sequence[tuple] = (), n_colors: int | None = None) -> Image.Image:
+    """A segmentation over its image: labels (h, w) upsampled by nearest neighbour to the image (H, W[, 3]),
+    each segment tinted with its palette colour; `boxes` are (x0, y0, x1, y1, rgb) outlines in image pixels."""
+    from .methods.nave import upsample_labels
+
+    rgb = np.asarray(image, dtype=np.float32)
+    rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb[..., :3]
+    full = upsample_labels(np.asarray(labels), rgb.shape[:2])
+    colours = PALETTE[full % (n_colors or len(PALETTE)) % len(PALETTE)]
+    out = Image.fromarray(((1 - alpha) * rgb + alpha * colours).clip(0, 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for x0, y0, x1, y1, colour in boxes:
+        if all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=tuple(colour), width=max(1, rgb.shape[0] // 112))
+    return out
+
+
 def stack_vertically(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
     """Figures one below the other on a white background, left-aligned."""
     width = max(image.width for image in images)
