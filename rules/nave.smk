@@ -1,7 +1,8 @@
 # NAVE (activation clustering): image-wise segments per model x dataset x layer set x K x clustering,
 # read from the activation store; SLIC / Felzenszwalb baselines on the same images; class-wide
 # clusters (Sec. 4.3); overlay figures; the object-extraction and watermark tables. A new K or layer
-# set adds only its jobs; the baselines do not depend on the model's weights, only on its input frame.
+# set adds only its jobs. The baselines see only the images (in the model's input frame), but run
+# per model: the model's store says which images.
 from conceptscope.config import nave_layer_sets
 
 

@@ -41,9 +41,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def set_threads(threads: int | None) -> None:
-    """Limit torch's intra-op threads to what the scheduler granted."""
+    """Limit torch's intra-op threads, and the BLAS / OpenMP pools of NumPy and scikit-learn, to what the scheduler granted."""
     if threads:
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(max(1, int(threads)))
+        threadpool_limits(limits=max(1, int(threads)))
 
 
 def _temporary_sibling(path: Path) -> Path:
