@@ -187,13 +187,18 @@ def nave_runs():
 rule summarize_nave:
     input:
         boxes=[path for path, _ in nave_runs()],
+        data=[dataset_dir(ds) for ds in sorted({ds for ds, _ in nave_pairs()})],
+        info=[model_files(m)["info"] for m in sorted({m for _, m in nave_pairs()})],
         figures=[result("figures", "nave", ds, model, "segments.png") for ds, model in nave_pairs()] if config["nave"]["figures"] else [],
     output:
         extraction=result("tables", "nave_object_extraction.csv"),
         watermark=result("tables", "nave_watermark.csv"),
     params:
         runs=[meta for _, meta in nave_runs()],
+        datasets=sorted({ds for ds, _ in nave_pairs()}),
+        models=sorted({m for _, m in nave_pairs()}),
         iou_threshold=config["nave"]["iou_threshold"],
+        small_object_share=0.5,
     log:
         result("logs", "summarize_nave.log"),
     threads: 1

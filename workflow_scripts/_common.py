@@ -177,3 +177,18 @@ def write_scores(path, scores: list, threshold: float, log) -> None:
         log.info("%s boxes, %s strategy: IoU > %.2f for %.3f of %d images", target, strategy, threshold, (part.iou > threshold).mean(), len(part))
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def nave_inputs(snakemake, layers, max_images=None):
+    """A NAVE job's prepared dataset, the model's preprocessing, the layers' activation stores, and the
+    manifest rows of the stored images (store order, the first `max_images`)."""
+    import json
+    from pathlib import Path
+
+    from conceptscope.data import PreparedDataset
+    from conceptscope.store import ActivationStore, layer_store_name
+
+    data = PreparedDataset(snakemake.input.data)
+    preprocess = json.loads(Path(snakemake.input.info).read_text())["preprocess"]
+    stores = [ActivationStore(Path(snakemake.input.store) / layer_store_name(layer)) for layer in layers]
+    return data, preprocess, stores, stored_rows(stores[0], data, max_images)

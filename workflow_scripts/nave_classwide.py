@@ -8,26 +8,19 @@ Writes `segments.zarr`, `boxes.csv` (the same selection as image-wise NAVE) and 
 layout: image | image-wise NAVE | class-wide NAVE, for the first images of the first classes.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-from _common import frame_targets, setup, stored_rows, write_scores, write_segments
-from conceptscope.data import PreparedDataset
+from _common import frame_targets, nave_inputs, setup, write_scores, write_segments
 from conceptscope.methods.nave import ActivationClustering, score_segments
 from conceptscope.models import build_frame_transform, frame_size
-from conceptscope.store import ActivationStore, RowStore, layer_store_name
+from conceptscope.store import RowStore
 from conceptscope.viz import overlay_segments, save_png, tile_grid
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 p = sm.params
-data = PreparedDataset(sm.input.data)
-preprocess = json.loads(Path(sm.input.info).read_text())["preprocess"]
-stores = [ActivationStore(Path(sm.input.store) / layer_store_name(layer)) for layer in p.layers]
-rows = stored_rows(stores[0], data, p.max_images_stored)
+data, preprocess, stores, rows = nave_inputs(sm, p.layers, p.max_images_stored)
 classes = p.classes if p.classes is not None else sorted(c for c in rows["label"].unique().tolist() if c >= 0)  # -1: unlabelled
 picked = {cls: np.flatnonzero(rows["label"].to_numpy() == cls)[: p.max_images] for cls in classes}
 picked = {cls: positions for cls, positions in picked.items() if len(positions)}
@@ -65,7 +58,7 @@ for cls in list(picked)[: p.figure_classes]:
         image = np.asarray(to_frame(Image.fromarray(data.load_image(row))))
         own = imagewise["labels"][position_of[int(row.image_id)]]
         tiles.append([Image.fromarray(image), overlay_segments(image, own), overlay_segments(image, labels, n_colors=p.k)])
-        names.append(f"{data.classes[cls][:12]} #{int(row.image_id)}")
+        names.append(f"{data.classes[cls][:16]} #{int(row.image_id)}")
 figure = tile_grid(tiles, row_labels=names, tile=112,
                    title=f"{sm.wildcards.model} {'+'.join(p.layers)}: image | image-wise NAVE | class-wide NAVE (K={p.k}, shared colours)")
 save_png(figure, sm.output.figure)

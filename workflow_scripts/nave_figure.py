@@ -5,25 +5,19 @@ One row per stored image (the first `n_images`): the image as the model sees it 
 with the segment selected for the object (outer strategy) outlined in yellow.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from _common import frame_targets, setup, stored_rows
-from conceptscope.data import PreparedDataset
+from _common import frame_targets, nave_inputs, setup
 from conceptscope.models import build_frame_transform
-from conceptscope.store import ActivationStore, RowStore, layer_store_name
+from conceptscope.store import RowStore
 from conceptscope.viz import overlay_segments, save_png, tile_grid
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 p = sm.params
-data = PreparedDataset(sm.input.data)
-preprocess = json.loads(Path(sm.input.info).read_text())["preprocess"]
-rows = stored_rows(ActivationStore(Path(sm.input.store) / layer_store_name(p.layer)), data, p.n_images)
+data, preprocess, _, rows = nave_inputs(sm, [p.layer], p.n_images)
 to_frame = build_frame_transform(preprocess)
 segmentations = [(name, RowStore(seg), pd.read_csv(boxes)) for name, seg, boxes in zip(p.names, sm.input.segments, sm.input.boxes)]
 GREEN, RED, YELLOW = (0, 200, 0), (230, 0, 0), (255, 230, 0)
@@ -39,6 +33,6 @@ for position, row in enumerate(rows.itertuples(index=False)):
         line.append(overlay_segments(image, store["labels"][position], boxes=outline))
     tiles.append(line)
     name = data.classes[int(row.label)] if row.label >= 0 else "unlabelled"
-    labels.append(f"{name[:12]} #{int(row.image_id)}")
+    labels.append(f"{name[:16]} #{int(row.image_id)}")
 title = f"{sm.wildcards.model} on {sm.wildcards.dataset}: image | " + " | ".join(p.names)
 save_png(tile_grid(tiles, row_labels=labels, title=title, tile=112), sm.output[0])

@@ -5,26 +5,18 @@ The model-agnostic baselines of the NAVE paper (Table 1), run on each image as t
 strategies as NAVE. Writes `segments.zarr` and `boxes.csv` like segment_nave.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from _common import frame_targets, setup, stored_rows, write_scores, write_segments
-from conceptscope.data import PreparedDataset
+from _common import frame_targets, nave_inputs, setup, write_scores, write_segments
 from conceptscope.methods.nave import BASELINES, score_segments
 from conceptscope.models import build_frame_transform
-from conceptscope.store import ActivationStore, layer_store_name
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 p = sm.params
-data = PreparedDataset(sm.input.data)
-preprocess = json.loads(Path(sm.input.info).read_text())["preprocess"]
-store = ActivationStore(Path(sm.input.store) / layer_store_name(p.layer))
-rows = stored_rows(store, data, p.max_images)
+data, preprocess, _, rows = nave_inputs(sm, [p.layer], p.max_images)
 to_frame = build_frame_transform(preprocess)
 method = BASELINES[p.method]
 log.info("%s on %d images of %s as %s sees them: %s", p.method, len(rows), sm.wildcards.dataset, sm.wildcards.model, p.options)

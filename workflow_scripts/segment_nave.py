@@ -6,24 +6,16 @@ Reads the layers' activation maps from the store (no forward pass), clusters eac
 in the model's input frame and its IoU (Sec. 4.2).
 """
 
-import json
-from pathlib import Path
-
 from tqdm.auto import tqdm
 
-from _common import frame_targets, setup, stored_rows, write_scores, write_segments
-from conceptscope.data import PreparedDataset
+from _common import frame_targets, nave_inputs, setup, write_scores, write_segments
 from conceptscope.methods.nave import ActivationClustering, score_segments
 from conceptscope.models import frame_size
-from conceptscope.store import ActivationStore, layer_store_name
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 p = sm.params
-data = PreparedDataset(sm.input.data)
-preprocess = json.loads(Path(sm.input.info).read_text())["preprocess"]
-stores = [ActivationStore(Path(sm.input.store) / layer_store_name(layer)) for layer in p.layers]
-rows = stored_rows(stores[0], data, p.max_images)
+data, preprocess, stores, rows = nave_inputs(sm, p.layers, p.max_images)
 grid = (p.resolution, p.resolution) if p.resolution else max((tuple(s.activations.shape[-2:]) for s in stores), key=lambda hw: hw[0] * hw[1])
 if grid[0] * grid[1] < p.k:
     raise ValueError(
