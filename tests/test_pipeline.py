@@ -284,7 +284,9 @@ def test_nave_tables_segments_and_figures(finished_run):
     results = workdir / "results"
     table = pd.read_csv(results / "tables" / "nave_object_extraction.csv")
     assert list(table.columns[:8]) == ["model", "weights", "train_dataset", "dataset", "layers", "method", "clustering", "k"]
-    assert {"strategy", "ap50", "n_images"} <= set(table.columns)
+    assert {"strategy", "ap50", "n_images", "ap50_small_objects", "n_small_objects"} <= set(table.columns)
+    # digit ink boxes: some cover under half of the 28x28 frame, none more than all of it
+    assert (table.n_small_objects > 0).all() and (table.n_small_objects <= table.n_images).all()
     # the digits carry object boxes (their ink extent); the photos have none, so only the digits are scored
     assert set(table.model) == {"resnet_clean"} and set(table.dataset) == {"digits_shortcut"}
     assert set(zip(table.method, table.strategy)) == {(m, s) for m in ("nave", "nave_classwide", "slic", "felzenszwalb") for s in ("outer", "inner")}
