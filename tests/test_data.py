@@ -176,4 +176,5 @@ def test_flat_split_folder_labelled_by_an_annotation_file(tmp_path, tiny_imagene
     for row in data.manifest.itertuples():
         file, wnid, *box = truth[row.source.rsplit("/", 1)[-1]]
         assert row.label == wnids.index(wnid) and row.split == "test"
-        assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == tuple(map(float, box))
+        x0, y0, x1, y1 = map(float, box)
+        assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == (x0, y0, x1 + 1, y1 + 1)  # inclusive last pixel -> edge

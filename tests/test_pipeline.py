@@ -94,7 +94,9 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
     try:
         crops_follow = {"concept_crops": 3, "summarize_concepts": 1, "contrast_crops": 3, "summarize_contrast": 1}
         for section, key, value, jobs in [
-            ("activations", "dtype", "float16", {"extract_activations": 3}),
+            # NAVE reads the stores, so its jobs follow them
+            ("activations", "dtype", "float16", {"extract_activations": 3, "segment_nave": 2, "segment_baseline": 4, "nave_classwide": 2,
+                                                 "nave_figure": 2, "summarize_nave": 1}),
             ("index", "type", "hnsw", {"build_crop_index": 3, **crops_follow}),
             # the index is built from the crop vectors, so it follows them, and the concepts' crops follow both
             ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, **crops_follow}),
