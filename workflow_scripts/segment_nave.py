@@ -9,14 +9,14 @@ in the model's input frame and its IoU (Sec. 4.2).
 from tqdm.auto import tqdm
 
 from _common import frame_targets, nave_inputs, setup, write_scores, write_segments
-from conceptscope.methods.nave import ActivationClustering, score_segments
+from conceptscope.methods.nave import ActivationClustering, clustering_grid, score_segments
 from conceptscope.models import frame_size
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 p = sm.params
 data, preprocess, stores, rows = nave_inputs(sm, p.layers, p.max_images)
-grid = (p.resolution, p.resolution) if p.resolution else max((tuple(s.activations.shape[-2:]) for s in stores), key=lambda hw: hw[0] * hw[1])
+grid = clustering_grid([s.activations.shape for s in stores], p.resolution)
 if grid[0] * grid[1] < p.k:
     raise ValueError(
         f"NAVE on {sm.wildcards.model} {list(p.layers)}: a {grid[0]}x{grid[1]} grid has fewer pixels than K={p.k}; "

@@ -46,6 +46,13 @@ WARD_MAX_PIXELS = 20_000
 # Algorithm 1
 
 
+def clustering_grid(map_shapes: Sequence[Sequence[int]], resolution: int | Sequence[int] | None = None) -> tuple[int, int]:
+    """The clustering grid (H, W): `resolution` (one side or (H, W)), or else the largest of the maps' (h, w)."""
+    if resolution is not None:
+        return (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    return max((tuple(shape[-2:]) for shape in map_shapes), key=lambda hw: hw[0] * hw[1])
+
+
 def nave_features(maps: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Per-pixel NAVE vectors (N, H*W, sum C) of layer maps [(N, C_i, h_i, w_i), ...], and (H, W) (Algorithm 1, l. 2-10).
 
@@ -60,7 +67,7 @@ def nave_features(maps: Sequence[np.ndarray | torch.Tensor], size: tuple[int, in
             raise ValueError(f"layer activations must be (N, C, h, w) maps, got shape {tuple(t.shape)}")
     if len({t.shape[0] for t in tensors}) != 1:
         raise ValueError(f"layers hold different image counts: {[t.shape[0] for t in tensors]}")
-    size = tuple(size) if size else max((tuple(t.shape[-2:]) for t in tensors), key=lambda s: s[0] * s[1])
+    size = clustering_grid([t.shape for t in tensors], size)
     parts = []
     for t in tensors:
         if tuple(t.shape[-2:]) != size:
@@ -146,11 +153,6 @@ class ActivationClustering:
         self.n_init, self.seed, self.max_fit_pixels = n_init, seed, max_fit_pixels
         self.batch_images = 32  # images whose features are built at once when fitting on a subset
 
-    def _size(self) -> tuple[int, int] | None:
-        if self.resolution is None:
-            return None
-        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
-
     def fit_predict(self, maps: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """Labels (N, H, W) of one clustering shared by all N images of `maps` [(N, C_i, h_i, w_i), ...].
 
@@ -158,7 +160,7 @@ class ActivationClustering:
         order of first appearance, so the same partition always gets the same labels.
         """
         n = np.shape(maps[0])[0]
-        height, width = self._size() or max((tuple(np.shape(m)[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+        height, width = clustering_grid([np.shape(m) for m in maps], self.resolution)
         p = height * width
         cluster = CLUSTERINGS[self.method]
         if self.max_fit_pixels is None or n * p <= self.max_fit_pixels:
