@@ -336,8 +336,8 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target)
     """Grad-CAM (Selvaraju et al.) of `layer` for the target class, upsampled to the input: (B, H, W) in [0, 1].
 
     The map is ReLU(sum_k mean-gradient_k x activation_k), bilinearly resized to the input size and
-    scaled per image to [0, 1] by its minimum and maximum; a constant map (e.g. a 1x1 layer) is all
-    zeros, so every region of the image is equally relevant. `model` runs in eval mode for the call.
+    scaled per image to [0, 1] by its minimum and maximum; a constant map (a 1x1 layer, or a dense
+    layer's vector) is all zeros, so every region of the image is equally relevant. `model` runs in eval mode for the call.
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -351,6 +351,8 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target)
         cam = LayerGradCam(model, get_layer(model, layer)).attribute(inputs, target=target, relu_attributions=True)
     if isinstance(cam, tuple):
         raise AttributionError(f"layer {layer!r} returns several tensors; pick a layer with a single output")
+    if cam.ndim == 2:  # a vector layer (N, C), e.g. a dense layer: no spatial extent, a constant map
+        return torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=cam.device, dtype=cam.dtype)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     low = cam.flatten(1).min(1).values[:, None, None]
     high = cam.flatten(1).max(1).values[:, None, None]
