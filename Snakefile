@@ -35,6 +35,7 @@ include: "rules/concepts.smk"
 include: "rules/contrast.smk"
 include: "rules/cladec.smk"
 include: "rules/nave.smk"
+include: "rules/dora.smk"
 
 
 rule all:

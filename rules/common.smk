@@ -97,4 +97,6 @@ def all_targets():
         targets.append(result("tables", "cladec_layers.csv"))
     if method_pairs("nave"):
         targets.append(result("tables", "nave_object_extraction.csv"))
+    if config["dora"]["models"]:
+        targets.append(result("tables", "dora_mantel.csv"))
     return targets

@@ -48,6 +48,18 @@ def job_model_and_data(snakemake):
     return model, info, PreparedDataset(snakemake.input.data), device
 
 
+def job_model_and_data_info(snakemake):
+    """The job's model (on the configured device, eval mode), its model.json info and the device (no dataset)."""
+    from pathlib import Path
+
+    from conceptscope.models import load_model
+    from conceptscope.utils import resolve_device
+
+    device = resolve_device(snakemake.params.device)
+    model, info = load_model(Path(snakemake.input.info).parent, device)
+    return model.eval(), info, device
+
+
 def predicted_class_samples(snakemake, model, info, data, opts: dict, log, describe: str):
     """The classes a method explains, the images predicted as them, and one checked sample per class.
 

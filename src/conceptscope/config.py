@@ -111,6 +111,8 @@ def validate_schema(config: dict, schema: dict | None = None) -> dict:
 # Semantic checks: names, files and layers that the schema cannot see
 
 IMAGEFOLDER_ONLY = ("root", "train_dir", "test_dir", "label_map", "boxes", "labels")
+COMBINED_ONLY = ("parts", "size", "channels")
+COMBINED_SIZE = 64
 
 
 def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
@@ -143,6 +145,24 @@ def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
         n_classes = num_classes_of(resolved)
         if shortcut["class"] >= n_classes:
             raise ConfigError(f"config key '{key}.shortcut.class': expected a label index below {n_classes}, got {shortcut['class']}")
+
+
+def _combined_parts(name: str, spec: dict, datasets: dict) -> list[dict]:
+    """The resolved specs of a combined dataset's parts (names checked)."""
+    key = f"datasets.{name}.parts"
+    if len(spec.get("parts") or []) < 2:
+        raise ConfigError(f"config key '{key}': a combined dataset joins at least 2 datasets, got {spec['parts']}")
+    parts = []
+    for i, part in enumerate(spec["parts"]):
+        if isinstance(part, dict):  # already resolved (a config resolved twice)
+            parts.append(part)
+            continue
+        if part not in datasets:
+            raise ConfigError(f"config key '{key}[{i}]': unknown dataset {part!r}; datasets are {sorted(datasets)}")
+        if datasets[part]["kind"] in ("combined", "photos") or datasets[part].get("shortcut"):
+            raise ConfigError(f"config key '{key}[{i}]': dataset {part!r} cannot be a part (a combined, photos or shortcut dataset)")
+        parts.append(dict(datasets[part]))
+    return parts
 
 
 def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
@@ -359,6 +379,14 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
         for file_key in ("boxes", "labels"):
             if spec.get(file_key):
                 spec[file_key] = str((base / spec[file_key]).expanduser().resolve())
+    for name, spec in config["datasets"].items():
+        if spec["kind"] == "combined":
+            spec["parts"] = _combined_parts(name, spec, config["datasets"])
+            spec.setdefault("size", COMBINED_SIZE)
+            spec.setdefault("channels", 3)
+        elif any(key in spec for key in COMBINED_ONLY):
+            key = next(key for key in COMBINED_ONLY if key in spec)
+            raise ConfigError(f"config key 'datasets.{name}.{key}': only used by kind 'combined', this dataset is {spec['kind']!r}")
     for name, spec in config["models"].items():
         _check_model(name, spec, config["datasets"], base)
         if spec["weights"] not in ("train", "random", "packaged"):
@@ -373,4 +401,49 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     _check_contrast(config)
     _check_cladec(config)
     _check_nave(config)
+    _check_dora(config)
     return config
+
+
+def dora_pairs(config: dict) -> list[tuple[str, str]]:
+    """(dataset, model) pairs DORA analyses: `dora.models` x their eval datasets (`dora.datasets` filters)."""
+    opts, models = config["dora"], config["models"]
+    return [(ds, m) for m in opts["models"] for ds in models[m]["eval_datasets"] if opts["datasets"] is None or ds in opts["datasets"]]
+
+
+def dora_layers(config: dict, model: str) -> list[str]:
+    """The layers (module names or `logits`) whose representations DORA analyses for a model."""
+    return list(config["dora"]["layers"].get(model, ["logits"]))
+
+
+def _check_dora(config: dict) -> None:
+    """The `dora` block: models, datasets, per-model layers, anomaly classes and settings that cannot run."""
+    opts, models, datasets = config["dora"], config["models"], config["datasets"]
+    for i, name in enumerate(opts["models"]):
+        if name not in models:
+            raise ConfigError(f"config key 'dora.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
+    if len(set(opts["models"])) != len(opts["models"]):
+        raise ConfigError(f"config key 'dora.models': models repeat in {opts['models']}")
+    for i, ds in enumerate(opts["datasets"] or []):
+        if ds not in datasets:
+            raise ConfigError(f"config key 'dora.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
+        if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
+            raise ConfigError(f"config key 'dora.datasets[{i}]': dataset {ds!r} is not an eval dataset of any DORA model {opts['models']}")
+    for name, layers in opts["layers"].items():
+        if name not in opts["models"]:
+            raise ConfigError(f"config key 'dora.layers.{name}': {name!r} is not one of dora.models {opts['models']}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"config key 'dora.layers.{name}': layers repeat in {layers}")
+    for ds in opts["anomaly_classes"]:
+        if ds not in datasets:
+            raise ConfigError(f"config key 'dora.anomaly_classes.{ds}': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
+    detectors = opts["outliers"]["detectors"]
+    if len(set(detectors)) != len(detectors):
+        raise ConfigError(f"config key 'dora.outliers.detectors': detectors repeat in {detectors}")
+    if opts["d"] is not None and opts["max_images"] is not None and opts["max_images"] < opts["n"] * opts["d"]:
+        raise ConfigError(
+            f"config key 'dora.max_images': {opts['max_images']} images cannot hold n={opts['n']} n-AMS blocks of d={opts['d']} "
+            f"images ({opts['n'] * opts['d']} needed); raise it or lower dora.n / dora.d"
+        )
+    if opts["atlas"]["distance"].startswith("ea_s") and not opts["sams"]["enabled"]:
+        raise ConfigError(f"config key 'dora.atlas.distance': {opts['atlas']['distance']!r} needs s-AMS; set dora.sams.enabled: true or pick a data-aware distance")

@@ -16,6 +16,7 @@ variant of ImageNet costs a manifest, not a copy of 1.28M images.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,10 +294,57 @@ def _imagefolder(spec: dict) -> RawDataset:
     return RawDataset(frame, classes_out, imagenet_index)
 
 
+def _load_raw_image(raw: RawDataset, row) -> Image.Image:
+    if row.array_index >= 0:
+        return Image.fromarray(np.asarray(raw.array[row.array_index]))
+    if raw.files and row.source in raw.files:
+        return Image.open(io.BytesIO(raw.files[row.source]))
+    return Image.open(row.source)
+
+
+def _combined(spec: dict) -> RawDataset:
+    """Several datasets as one label space: `parts` (resolved dataset specs, in order) side by side.
+
+    Each part keeps its used classes only, renumbered after the previous parts' (e.g. Tiny ImageNet's
+    200 classes, then the 10 digits: labels 0-209, DORA Sec. 5.4); every image is converted to
+    `channels` and resized to `size` x `size` (boxes scaled along) into one image array. Parts' own
+    splits are kept when every image has one; otherwise all images are split by `test_fraction`.
+    """
+    size, mode = spec["size"], "RGB" if spec["channels"] == 3 else "L"
+    frames, classes, images = [], [], []
+    for part in spec["parts"]:
+        raw = DATASET_KINDS[part["kind"]](part)
+        records = raw.records[raw.records["label"] >= 0]
+        records = _limit_per_class(records.assign(split=records["split"].fillna("")), part.get("max_per_class"))
+        used = sorted(records["label"].unique())
+        names = [raw.classes[c] for c in used]
+        clash = sorted(set(names) & set(classes))
+        if clash:
+            raise DatasetError(f"combined dataset: class names {clash[:5]} occur in two parts; their logits could not be told apart")
+        frame = records[["label", "split", *BOX_COLUMNS]].reset_index(drop=True)
+        frame["label"] = frame["label"].map({c: len(classes) + i for i, c in enumerate(used)})
+        classes += names
+        scale = np.empty((len(frame), 2))
+        for i, row in enumerate(records.itertuples(index=False)):
+            with _load_raw_image(raw, row) as im:
+                scale[i] = size / im.size[0], size / im.size[1]
+                images.append(np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR)))
+        for col, axis in zip(BOX_COLUMNS, (0, 1, 0, 1)):  # boxes follow the resize
+            frame[col] = frame[col] * scale[:, axis]
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["split"] = frame["split"].where(frame["split"] != "", None)
+    frame.insert(0, "source", "images.npy")
+    frame.insert(1, "array_index", np.arange(len(frame)))
+    frame["width"], frame["height"] = size, size
+    return RawDataset(frame, classes, None, array=np.stack(images))
+
+
 DATASET_KINDS: dict[str, Callable[[dict], RawDataset]] = {
     "digits": _digits,
     "photos": _photos,
     "imagefolder": _imagefolder,
+    "combined": _combined,
 }
 
 
@@ -307,6 +355,8 @@ def num_classes_of(spec: dict) -> int:
         return 10
     if kind == "photos" or spec.get("label_map") == "imagenet":
         return 1000
+    if kind == "combined":
+        return sum(num_classes_of(part) for part in spec["parts"])
     root = Path(spec["root"]).expanduser()
     labels = _read_labels(Path(spec["labels"]).expanduser()) if spec.get("labels") else None
     names = set()

@@ -1,0 +1,80 @@
+"""Rule dora_representations: the layer's representations on the evaluation images -> representations.npz.
+
+One forward pass over the split's images (a seeded subset with `max_images`): each channel of the
+layer, mean-pooled over space, or each output logit (for `logits`, with `logit_classes: dataset` only
+the classes present among the images) is one representation (DORA Def. 1). Where the dataset has
+watermarked twins of the test images, they pass too (probing, App. A.2.1).
+
+The file holds `acts` (N, k) float32, `image_id`, `label`, `representation` (channel or class index),
+`names` (k,), `wnids` (k,; '' where unknown), and for probing `acts_marked` (M, k) with `twin` (M,):
+the row in `acts` of each watermarked image's clean version.
+"""
+
+import numpy as np
+import torch
+
+from _common import image_loader, job_model_and_data, sampled_rows, setup
+from conceptscope.activations import LayerRecorder
+from conceptscope.data import imagenet_wnids
+from conceptscope.utils import atomic_path
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log = setup(sm)
+p, w = sm.params, sm.wildcards
+model, info, data, device = job_model_and_data(sm)
+model.eval()
+layer = w.rep_layer
+
+
+@torch.no_grad()
+def representations(rows) -> np.ndarray:
+    """(len(rows), K) activations: pooled channels of `layer`, or all logits."""
+    out = []
+    hooked = [] if layer == "logits" else [layer]
+    with LayerRecorder(model, hooked) as recorder:
+        for images, *_ in image_loader(data, rows, info, p.batch_size):
+            logits = model(images.to(device))
+            acts = logits if layer == "logits" else recorder.outputs[layer]
+            out.append((acts.flatten(2).mean(2) if acts.ndim > 2 else acts).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+rows = sampled_rows(data, p.split, p.max_images, p.seed)
+if len(rows) < 2:
+    raise ValueError(f"dataset {w.dataset!r} has {len(rows)} images in split {p.split!r}; DORA needs at least 2")
+acts = representations(rows)
+index = np.arange(acts.shape[1])
+if layer == "logits" and p.logit_classes == "dataset":
+    index = np.array(sorted(int(c) for c in rows["label"].unique() if 0 <= c < acts.shape[1]))
+    if len(index) < 2:
+        raise ValueError(f"dataset {w.dataset!r}: fewer than 2 of its classes are logits of {w.model!r}; set dora.logit_classes: all")
+    acts = acts[:, index]
+if layer == "logits":
+    classes = data.classes
+    names = [classes[i] if i < len(classes) else f"logit {i}" for i in index]
+    imagenet_index = data.meta.get("imagenet_index")  # class -> ImageNet-1k index, where the classes are ImageNet's
+    if imagenet_index is not None:
+        all_wnids = imagenet_wnids()
+        wnids = [all_wnids[imagenet_index[i]] if i < len(imagenet_index) else "" for i in index]
+    else:
+        wnids = [""] * len(index)
+else:
+    names, wnids = [f"{layer}:{i}" for i in index], [""] * len(index)
+log.info("%s/%s %s: %d images x %d representations", w.dataset, w.model, layer, *acts.shape)
+
+extra = {}
+if p.split == "test" and "test_watermarked" in set(data.manifest["split"]):
+    marked = data.split("test_watermarked")
+    marked = marked[marked["wm_x0"] >= 0]
+    position = {key: i for i, key in enumerate(zip(rows["source"], rows["array_index"]))}
+    twin = np.array([position.get(key, -1) for key in zip(marked["source"], marked["array_index"])])
+    marked, twin = marked[twin >= 0], twin[twin >= 0]
+    if len(marked):
+        marked_acts = representations(marked)
+        extra = {"acts_marked": (marked_acts[:, index] if layer == "logits" else marked_acts).astype(np.float32), "twin": twin}
+        log.info("%d watermarked twins for probing", len(marked))
+
+with atomic_path(sm.output[0]) as tmp:
+    with open(tmp, "wb") as handle:
+        np.savez(handle, acts=acts.astype(np.float32), image_id=rows["image_id"].to_numpy(), label=rows["label"].to_numpy(),
+                 representation=index, names=np.array(names), wnids=np.array(wnids), **extra)
