@@ -11,7 +11,7 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from conceptscope.config import ConfigError, resolve_config  # noqa: E402
+from conceptscope.config import COMBINED_ONLY, ConfigError, resolve_config  # noqa: E402
 
 # config.yaml is the default; a --configfile given on the command line replaces it entirely
 if not workflow.overwrite_configfiles:

@@ -27,6 +27,18 @@ def dataset_dir(name):
     return result("data", name)
 
 
+def dataset_params(name):
+    """A dataset's spec as job parameters: the combined-only keys, null for other kinds, left out."""
+
+    def strip(spec):
+        spec = {key: value for key, value in spec.items() if not (key in COMBINED_ONLY and value is None)}
+        if spec.get("parts"):
+            spec["parts"] = [strip(part) for part in spec["parts"]]
+        return spec
+
+    return strip(DATASETS[name])
+
+
 def model_files(name):
     return {"weights": result("models", name, "weights.pt"), "info": result("models", name, "model.json")}
 

@@ -5,7 +5,7 @@ rule prepare_dataset:
     output:
         directory(result("data", "{dataset}")),
     params:
-        spec=lambda w: DATASETS[w.dataset],
+        spec=lambda w: dataset_params(w.dataset),
     log:
         result("logs", "prepare_dataset", "{dataset}.log"),
     resources:

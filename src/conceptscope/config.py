@@ -382,11 +382,12 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     for name, spec in config["datasets"].items():
         if spec["kind"] == "combined":
             spec["parts"] = _combined_parts(name, spec, config["datasets"])
-            spec.setdefault("size", COMBINED_SIZE)
-            spec.setdefault("channels", 3)
-        elif any(key in spec for key in COMBINED_ONLY):
-            key = next(key for key in COMBINED_ONLY if key in spec)
-            raise ConfigError(f"config key 'datasets.{name}.{key}': only used by kind 'combined', this dataset is {spec['kind']!r}")
+            spec["size"] = spec.get("size") or COMBINED_SIZE
+            spec["channels"] = spec.get("channels") or 3
+            continue
+        given = [key for key in COMBINED_ONLY if raw["datasets"][name].get(key) is not None]
+        if given:
+            raise ConfigError(f"config key 'datasets.{name}.{given[0]}': only used by kind 'combined', this dataset is {spec['kind']!r}")
     for name, spec in config["models"].items():
         _check_model(name, spec, config["datasets"], base)
         if spec["weights"] not in ("train", "random", "packaged"):
