@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -12,14 +14,14 @@ import yaml
 from conftest import ROOT
 
 
-def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", *args]
+def snakemake(workdir, *args, configfile="config.yaml"):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", configfile, *args]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
 
 
-def planned_jobs(workdir) -> dict[str, int]:
+def planned_jobs(workdir, configfile="config.yaml") -> dict[str, int]:
     """Jobs a dry run would execute, by rule (from Snakemake's job stats table)."""
-    run = snakemake(workdir, "-n", "--quiet", "rules")
+    run = snakemake(workdir, "-n", "--quiet", "rules", configfile=configfile)
     assert run.returncode == 0, run.stdout + run.stderr
     counts = {}
     for line in run.stdout.splitlines():
@@ -91,39 +93,48 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
 
 def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
     workdir, config = finished_run
-    try:
-        crops_follow = {"concept_crops": 3, "summarize_concepts": 1, "contrast_crops": 3, "summarize_contrast": 1}
-        for section, key, value, jobs in [
-            # NAVE reads the stores, so its jobs follow them
-            ("activations", "dtype", "float16", {"extract_activations": 3, "segment_nave": 2, "segment_baseline": 4, "nave_classwide": 2,
-                                                 "nave_figure": 2, "summarize_nave": 1}),
-            ("index", "type", "hnsw", {"build_crop_index": 3, **crops_follow}),
-            # the index is built from the crop vectors, so it follows them, and the concepts' crops follow both
-            ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, **crops_follow}),
-            # showing concepts is separate from extracting them: the NMF and attribution do not rerun
-            ("concepts", "top_m", 3, crops_follow),
-            ("concepts", "max_images", 4, {"extract_concepts": 3, "concept_crops": 3, "summarize_concepts": 1}),
-            # the shifting test and the contrast concepts use the trained classifiers; neither retrains them
-            ("contrast", "shift", {"offsets": [0.0, 5.0]}, {"run_shifting_test": 3, "summarize_contrast": 1}),
-            ("contrast", "n_concepts", 2, {"extract_contrast_concepts": 3, "contrast_crops": 3, "summarize_contrast": 1}),
-            ("contrast", "epochs", 50, {"train_contrast_hyperplanes": 3, "run_shifting_test": 3, "extract_contrast_concepts": 3,
-                                        "contrast_crops": 3, "summarize_contrast": 1}),
-            # a new alpha trains and evaluates only its decoders (one per model, at its last layer)
-            ("cladec", "sweep", {"alphas": [0.9, 0.5]}, {"train_reconstructor": 2, "evaluate_reconstructor": 2, "cladec_watermark": 2,
-                                                           "summarize_cladec": 1}),
-            ("cladec", "occlusion", {"grid": 3}, {"cladec_occlusion": 2, "summarize_cladec": 1}),
-            ("cladec", "eval_train", {"epochs": 2}, {"evaluate_reconstructor": 8, "summarize_cladec": 1}),
-            # a new K segments each NAVE pair once more, with its SLIC twin; the figures keep showing the first K
-            ("nave", "k", [3, 4], {"segment_nave": 2, "segment_baseline": 2, "summarize_nave": 1}),
-            ("nave", "classwide", {"enabled": True, "k": 5, "classes": [0, 3], "max_images": 6}, {"nave_classwide": 2, "summarize_nave": 1}),
-            ("nave", "baselines", {"felzenszwalb": {"scale": 50.0}}, {"segment_baseline": 2, "nave_figure": 2, "summarize_nave": 1}),
-        ]:
-            changed = yaml.safe_load(yaml.safe_dump(config))
-            changed.setdefault(section, {})[key] = value
-            (workdir / "config.yaml").write_text(yaml.safe_dump(changed))
-            assert planned_jobs(workdir) == {**jobs, "all": 1}, (section, key)
-    finally:
-        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    crops_follow = {"concept_crops": 3, "summarize_concepts": 1, "contrast_crops": 3, "summarize_contrast": 1}
+    cases = [
+        # NAVE reads the stores, so its jobs follow them
+        ("activations", "dtype", "float16", {"extract_activations": 3, "segment_nave": 2, "segment_baseline": 4, "nave_classwide": 2,
+                                             "nave_figure": 2, "summarize_nave": 1}),
+        ("index", "type", "hnsw", {"build_crop_index": 3, **crops_follow}),
+        # the index is built from the crop vectors, so it follows them, and the concepts' crops follow both
+        ("crops", "grids", [2, 3], {"extract_crop_vectors": 3, "build_crop_index": 3, **crops_follow}),
+        # showing concepts is separate from extracting them: the NMF and attribution do not rerun
+        ("concepts", "top_m", 3, crops_follow),
+        ("concepts", "max_images", 4, {"extract_concepts": 3, "concept_crops": 3, "summarize_concepts": 1}),
+        # the shifting test and the contrast concepts use the trained classifiers; neither retrains them
+        ("contrast", "shift", {"offsets": [0.0, 5.0]}, {"run_shifting_test": 3, "summarize_contrast": 1}),
+        ("contrast", "n_concepts", 2, {"extract_contrast_concepts": 3, "contrast_crops": 3, "summarize_contrast": 1}),
+        ("contrast", "epochs", 50, {"train_contrast_hyperplanes": 3, "run_shifting_test": 3, "extract_contrast_concepts": 3,
+                                    "contrast_crops": 3, "summarize_contrast": 1}),
+        # a new alpha trains and evaluates only its decoders (one per model, at its last layer)
+        ("cladec", "sweep", {"alphas": [0.9, 0.5]}, {"train_reconstructor": 2, "evaluate_reconstructor": 2, "cladec_watermark": 2,
+                                                       "summarize_cladec": 1}),
+        ("cladec", "occlusion", {"grid": 3}, {"cladec_occlusion": 2, "summarize_cladec": 1}),
+        ("cladec", "eval_train", {"epochs": 2}, {"evaluate_reconstructor": 8, "summarize_cladec": 1}),
+        # a new K segments each NAVE pair once more, with its SLIC twin; the figures keep showing the first K
+        ("nave", "k", [3, 4], {"segment_nave": 2, "segment_baseline": 2, "summarize_nave": 1}),
+        ("nave", "classwide", {"enabled": True, "k": 5, "classes": [0, 3], "max_images": 6}, {"nave_classwide": 2, "summarize_nave": 1}),
+        ("nave", "baselines", {"felzenszwalb": {"scale": 50.0}}, {"segment_baseline": 2, "nave_figure": 2, "summarize_nave": 1}),
+        # DORA: the detectors read the distances; the s-AMS are generated once per layer
+        ("dora", "outliers", {"contamination": 0.2, "n_neighbors": 5}, {"dora_analysis": 2, "summarize_dora": 1}),
+        ("dora", "sams", {"enabled": True, "n_signals": 1, "steps": 4, "batch_size": 8, "max_representations": 4, "figures": 4},
+         {"dora_sams": 2, "dora_analysis": 2, "summarize_dora": 1}),
+        ("dora", "n", 3, {"dora_distances": 2, "dora_analysis": 2, "summarize_dora": 1}),
+    ]
+    # each case is a dry run (mostly the Python start-up): two at a time, each with its own config file
+    files = []
+    for i, (section, key, value, _) in enumerate(cases):
+        changed = yaml.safe_load(yaml.safe_dump(config))
+        changed.setdefault(section, {})[key] = value
+        files.append(f"changed_{i}.yaml")
+        (workdir / files[-1]).write_text(yaml.safe_dump(changed))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        planned = list(pool.map(lambda name: planned_jobs(workdir, name), files))
+    for (section, key, _, jobs), plan in zip(cases, planned):
+        assert plan == {**jobs, "all": 1}, (section, key)
 
 
 def test_stores_of_the_tiny_run_are_complete_and_readable(finished_run):
@@ -306,3 +317,52 @@ def test_nave_tables_segments_and_figures(finished_run):
     for figure in ("segments.png", "classwide_layer3.png"):
         with Image.open(results / "figures" / "nave" / "digits_shortcut" / "resnet_clean" / figure) as image:
             assert image.width > 3 * 112 and image.height > 4 * 112
+
+
+def test_dora_tables_and_figures(finished_run):
+    from PIL import Image
+
+    workdir, _ = finished_run
+    results = workdir / "results"
+    outliers = pd.read_csv(results / "tables" / "dora_outliers.csv")
+    assert list(outliers.columns[:3]) == ["dataset", "model", "layer"]
+    assert set(zip(outliers.model, outliers.dataset, outliers.layer)) == {
+        ("vgg_shortcut", "digits_shortcut", "features.7"), ("mobilenet_v2", "photos", "logits")}
+    assert set(zip(outliers.distance, outliers["mode"].fillna(""))) == {
+        ("ea_n", "pairwise"), ("ea_n", "layerwise"), ("ea_s", "pairwise"), ("ea_s", "layerwise"), ("minkowski", ""), ("pearson", ""), ("spearman", "")}
+    assert set(outliers.detector) == {"abod", "feature_bagging", "iforest", "lof", "ocsvm"}
+    # every detector ranks every representation once per distance: 1..k; EA_s covers the 4-representation subset
+    for (_, _, layer, distance, mode, _), group in outliers.groupby(["dataset", "model", "layer", "distance", "mode", "detector"], dropna=False):
+        assert sorted(group["rank"])[0] == 1 and group["rank"].max() <= len(group) == group.n_representations.iloc[0]
+        assert len(group) == (4 if distance == "ea_s" else {"features.7": 512, "logits": len(group)}[layer])
+    # the photos' 19 ImageNet classes: Mantel against each WordNet baseline, the digits have none
+    mantel = pd.read_csv(results / "tables" / "dora_mantel.csv")
+    assert set(mantel.model) == {"mobilenet_v2"} and set(mantel.baseline) == {"shortest_path", "leacock_chodorow", "wu_palmer"}
+    assert mantel.mantel_r.between(-1, 1).all() and mantel.p_value.between(0.01, 1).all()
+    assert (mantel.n_representations[mantel.distance == "ea_n"] == 19).all()
+    # the two dog logits as the known anomalies: an AUC per detector x distance, for the logits only
+    anomaly = pd.read_csv(results / "tables" / "dora_anomaly.csv")
+    assert set(zip(anomaly.model, anomaly.layer)) == {("mobilenet_v2", "logits")} and anomaly.auc.between(0, 1).all()
+    assert (anomaly.repeats[anomaly.detector.isin(["iforest", "feature_bagging"])] == 2).all() and (anomaly.n_anomalies == 2).all()
+    # probing on the watermarked twins
+    # (the 1-epoch tiny model has not learned the shortcut, so the AUCs are near chance: they are
+    # checked against scikit-learn on the stored twins, and the twins against their clean images)
+    from sklearn.metrics import roc_auc_score
+
+    probing = pd.read_csv(results / "tables" / "dora_probing.csv")
+    assert set(probing.model) == {"vgg_shortcut"} and set(probing.auc_rank) == {1, 2, 3}
+    reps = np.load(results / "dora" / "digits_shortcut" / "vgg_shortcut" / "features.7" / "representations.npz")
+    marked, clean = reps["acts_marked"], reps["acts"][reps["twin"]]
+    labels = np.r_[np.ones(len(marked)), np.zeros(len(clean))]
+    top = probing[probing.layer == "features.7"].drop_duplicates("representation")
+    assert len(top) == 3 and top.probing_auc.is_monotonic_decreasing
+    for rep, auc in zip(top.representation, top.probing_auc):
+        assert auc == pytest.approx(roc_auc_score(labels, np.r_[marked[:, rep], clean[:, rep]]))
+    # channels standardised over the clean images, so no few large channels dominate the correlation
+    marked, clean = [(a - reps["acts"].mean(axis=0)) / (reps["acts"].std(axis=0) + 1e-9) for a in (marked, clean)]
+    same = [np.corrcoef(m, c)[0, 1] for m, c in zip(marked, clean)]
+    other = [np.corrcoef(m, c)[0, 1] for m, c in zip(marked, np.roll(clean, 1, axis=0))]
+    assert np.mean(same) > np.mean(other) + 0.3
+    for kind in ("atlas", "sams"):
+        with Image.open(results / "figures" / "dora" / "digits_shortcut" / "vgg_shortcut" / f"features.7_{kind}.png") as image:
+            assert image.width > 200

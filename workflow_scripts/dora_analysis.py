@@ -3,8 +3,9 @@
 For every distance matrix (data-aware ones, and EA_s on its subset where s-AMS ran):
 - outliers.csv: each detector's score, rank (1 = most anomalous) and flag per representation
   (Sec. 4 "Identifying Outlier Representations"), with the probing AUC where there is one;
-- anomaly.csv: with `anomaly_classes` for the dataset, the AUC-ROC of each detector's scores for
-  finding those classes' logits (Sec. 5.4, Table 3), averaged over seeds for the stochastic detectors;
+- anomaly.csv: with `anomaly_classes` for the dataset and `logits`, the AUC-ROC of each detector's
+  scores for finding those classes' logits (Sec. 5.4, Table 3), averaged over seeds for the
+  stochastic detectors;
 - mantel.csv: where every representation is an ImageNet class logit, the Mantel correlation with each
   WordNet distance (Sec. 5.3, Table 1);
 - probing.csv: the representations that best tell watermarked from clean twins (AUC, App. A.2.1) and
@@ -55,6 +56,16 @@ def scores_of(matrix, detector, seed):
     return outlier_scores(matrix, detector, contamination=p.outliers["contamination"], n_neighbors=n_neighbors, seed=seed)
 
 
+# the known anomalous representations (logits of `anomaly_classes`), checked before anything is written
+positive = None
+if p.anomaly_classes and w.rep_layer != "logits":
+    log.info("anomaly classes name logits; %s has channels, so no anomaly AUC here", w.rep_layer)
+elif p.anomaly_classes:
+    missing = sorted(set(p.anomaly_classes) - set(names))
+    if missing:
+        raise ValueError(f"dora.anomaly_classes.{w.dataset}: {missing} are not among the representations of {w.model}/{w.rep_layer} (e.g. {list(names[:5])})")
+    positive = np.isin(names, p.anomaly_classes)
+
 probing = None
 if "acts_marked" in reps.files:
     probing = probing_auc(reps["acts_marked"], reps["acts"][reps["twin"]])
@@ -77,11 +88,7 @@ write(sm.output.outliers, outlier_rows, ["representation", "name", "distance", "
 
 # anomaly identification (Table 3)
 anomaly_rows = []
-if p.anomaly_classes:
-    missing = sorted(set(p.anomaly_classes) - set(names))
-    if missing:
-        raise ValueError(f"dora.anomaly_classes.{w.dataset}: {missing} are not among the representations of {w.model}/{w.rep_layer} (e.g. {list(names[:5])})")
-    positive = np.isin(names, p.anomaly_classes)
+if positive is not None:
     for name, (matrix, positions) in matrices.items():
         distance, mode = split_name(name)
         truth = positive[positions]
@@ -133,8 +140,8 @@ lof, flags = scores_of(matrix, "lof", p.seed)
 fig, ax = plt.subplots(figsize=(7, 6))
 if probing is not None:
     colour, label = probing[positions], "probing AUC (watermarked vs clean)"
-elif p.anomaly_classes:
-    colour, label = np.isin(names[positions], p.anomaly_classes).astype(float), "anomaly class"
+elif positive is not None:
+    colour, label = positive[positions].astype(float), "anomaly class"
 else:
     colour, label = lof, "LOF outlier score"
 points = ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=14, cmap="viridis")
