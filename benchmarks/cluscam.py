@@ -1,0 +1,122 @@
+"""Benchmark `cluscam`: seconds per image of ClusCAM, five baseline saliency methods and the faithfulness metrics.
+
+    .venv/bin/python benchmarks/cluscam.py [--images 4] [--rise-masks 4000] [--steps 100]
+
+The real ImageNet MobileNetV2, layer `features.18` (1,280 maps of 7 x 7), on 224 x 224 Imagenette
+validation images (the first `--images` class folders, the first file of each), explaining the
+predicted class. Each image is explained on its own (batch of one) and the time is averaged:
+
+- `seconds_per_image_<method>` for every method of `SALIENCY_METHODS` at its defaults (ClusCAM:
+  10 clusters, drop 0.5, temperature 0.5; occlusion: 32 px patches, stride 16), except RISE, which
+  uses `--rise-masks` masks (default 4,000, the method's default; recorded as `rise_masks`);
+- `seconds_per_image_deletion_auc`, `..._insertion_auc` (`--steps` steps, `steps + 1` forward passes
+  each), `..._average_drop` (two forward passes; increase in confidence costs the same) and
+  `..._faithfulness` (all four metrics together), on the ClusCAM maps.
+
+Writes benchmarks/results/cluscam.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL_DIR = ROOT.parent / "shared" / "data" / "imagenette" / "val"
+LAYER = "features.18"
+
+
+def load_images(n_images: int) -> torch.Tensor:
+    """The first file of each of the first `n_images` class folders, as normalised 224 x 224 tensors (N, 3, 224, 224)."""
+    from PIL import Image
+
+    from conceptscope.models import build_transform, resolve_preprocess
+
+    folders = sorted(p for p in VAL_DIR.iterdir() if p.is_dir())
+    if n_images > len(folders):
+        raise SystemExit(f"--images {n_images}: {VAL_DIR} has only {len(folders)} class folders")
+    transform = build_transform(resolve_preprocess("mobilenet_v2", {}))
+    return torch.stack([transform(Image.open(sorted(folder.iterdir())[0])) for folder in folders[:n_images]])
+
+
+def seconds_per_image(fn, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, list]:
+    """Mean seconds of fn(image (1, C, H, W), target (1,)) over the images, and the results."""
+    seconds, results = [], []
+    for image, target in zip(images, targets):
+        start = time.perf_counter()
+        results.append(fn(image[None], target[None]))
+        seconds.append(time.perf_counter() - start)
+    return float(np.mean(seconds)), results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4, help="validation images timed one by one")
+    parser.add_argument("--rise-masks", type=int, default=None, help="RISE masks (default: the method's default, 4000)")
+    parser.add_argument("--steps", type=int, default=None, help="deletion/insertion steps (default: the metrics' default, 100)")
+    args = parser.parse_args()
+
+    from conceptscope.methods.saliency import (
+        FAITHFULNESS_STEPS,
+        RISE_MASKS,
+        SALIENCY_METHODS,
+        average_drop,
+        deletion_auc,
+        faithfulness,
+        insertion_auc,
+    )
+    from conceptscope.models import build_model, load_state_dict, weights_file
+    from conceptscope.utils import set_threads
+
+    set_threads(2)
+    torch.manual_seed(0)
+    # imported before the clock starts: one-off import time is not per-image cost
+    import captum.attr  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    rise_masks = RISE_MASKS if args.rise_masks is None else args.rise_masks
+    steps = FAITHFULNESS_STEPS if args.steps is None else args.steps
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model.eval()
+    images = load_images(args.images)
+    with torch.no_grad():
+        targets = model(images).argmax(1)
+
+    figures: dict = {"images_timed": len(images), "layer": LAYER, "input_size": 224, "rise_masks": rise_masks, "faithfulness_steps": steps}
+    maps = {}
+    for name, method in SALIENCY_METHODS.items():
+        options = {"n_masks": rise_masks} if name == "rise" else {}
+        seconds, results = seconds_per_image(lambda x, t: method(model, x, LAYER, t, **options), images, targets)
+        figures[f"seconds_per_image_{name}"] = round(seconds, 3)
+        maps[name] = torch.cat(results)
+        print(f"{name}: {seconds:.2f} s per image", flush=True)
+
+    saliency = maps["cluscam"]
+    metrics = {
+        "deletion_auc": lambda x, t, s: deletion_auc(model, x, s, t, steps=steps),
+        "insertion_auc": lambda x, t, s: insertion_auc(model, x, s, t, steps=steps),
+        "average_drop": lambda x, t, s: average_drop(model, x, s, t),
+        "faithfulness": lambda x, t, s: faithfulness(model, x, s, t, steps=steps),
+    }
+    for name, metric in metrics.items():
+        seconds = []
+        for image, target, sal in zip(images, targets, saliency):
+            start = time.perf_counter()
+            metric(image[None], target[None], sal[None])
+            seconds.append(time.perf_counter() - start)
+        figures[f"seconds_per_image_{name}"] = round(float(np.mean(seconds)), 3)
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    write_results("cluscam", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Saliency maps (ClusCAM and baselines) and faithfulness metrics: the real ImageNet MobileNetV2 on
+real photos (foolbox's labelled ImageNet JPEGs), a hand-made model whose class logit reads one known
+image cell, and the independent pytorch-grad-cam package as a cross-check."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from conceptscope.methods.saliency import (
+    LAYER_FREE_METHODS,
+    SALIENCY_METHODS,
+    SaliencyError,
+    ablationcam,
+    average_drop,
+    cluscam,
+    cluster_feature_maps,
+    deletion_auc,
+    faithfulness,
+    get_saliency_method,
+    gradcam,
+    increase_in_confidence,
+    insertion_auc,
+    rise,
+    saliency_mass_in_box,
+)
+from conceptscope.models import IMAGENET_PREPROCESS, build_model, build_transform, get_layer, load_state_dict, weights_file
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Four real labelled ImageNet photos at 224 x 224 (normalised) and their labels."""
+    folder = Path(list(importlib.util.find_spec("foolbox").submodule_search_locations)[0]) / "data"
+    files = sorted(folder.glob("imagenet_0[0-3]_*.jpg"))
+    transform = build_transform(IMAGENET_PREPROCESS)
+    images = torch.stack([transform(Image.open(f)) for f in files])
+    return images, torch.tensor([int(f.stem.split("_")[-1]) for f in files])
+
+
+# --------------------------------------------------------------------------------------------
+# A model whose class-0 logit reads the brightness of one known cell of the image
+
+SIZE, CELLS, POOL = 32, 4, 4  # 32 x 32 images, a 4 x 4 grid of 8 px cells, an 8 x 8 feature grid
+REGION_CELL = 6  # row 1, column 2: pixels x 16..24, y 8..16
+CELL_PX = SIZE // CELLS
+ROW, COL = divmod(REGION_CELL, CELLS)
+REGION_BOX = (COL * CELL_PX, ROW * CELL_PX, (COL + 1) * CELL_PX, (ROW + 1) * CELL_PX)
+AREA_SHARE = 1 / CELLS**2
+
+
+class CellChannels(nn.Module):
+    """32 feature maps (8 x 8): two per image cell (gains 1 and 2), the cell's local brightness, 0 elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        grid, cell = SIZE // POOL, SIZE // POOL // CELLS
+        masks = torch.zeros(CELLS * CELLS, grid, grid)
+        for k in range(CELLS * CELLS):
+            row, col = divmod(k, CELLS)
+            masks[k, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 1
+        self.register_buffer("masks", torch.cat([masks, 2 * masks]))
+
+    def forward(self, x):
+        return F.avg_pool2d(x.mean(1, keepdim=True), POOL) * self.masks
+
+
+class RegionModel(nn.Module):
+    """Global average pooling and a linear layer: logit 0 = 10 x mean brightness of REGION_CELL - 5, logit 1 = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = CellChannels()
+        self.classifier = nn.Linear(2 * CELLS * CELLS, 2)
+        with torch.no_grad():
+            self.classifier.weight.zero_()
+            self.classifier.bias.zero_()
+            # a channel's spatial mean is its cell's brightness x 4/64; the two channels sum to 3 x that
+            self.classifier.weight[0, [REGION_CELL, CELLS * CELLS + REGION_CELL]] = 10.0 * 16 / 3
+            self.classifier.bias[0] = -5.0
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def region():
+    images = 0.5 + torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    return RegionModel().eval(), images
+
+
+def region_truth(n: int) -> torch.Tensor:
+    truth = torch.zeros(n, SIZE, SIZE)
+    x0, y0, x1, y1 = REGION_BOX
+    truth[:, y0:y1, x0:x1] = 1
+    return truth
+
+
+# Small settings for the tiny model: ClusCAM with one cluster per cell (the 32 maps are 16 pairs of
+# equal maps), RISE on a 4 x 4 grid, occlusion with one cell-sized patch.
+REGION_OPTIONS = {"cluscam": {"n_clusters": 16}, "rise": {"n_masks": 1000, "grid": 4}, "occlusion": {"window": 8, "stride": 4}}
+# Share of the saliency mass in the 8 x 8 cell (1/16 of the image). Sharp methods put the bilinear
+# blob of the cell's feature (0.77 of it inside the cell, 0.23 spilling round it) there; occlusion
+# spreads to patches that only overlap the cell; RISE maps keep a floor of E[score] everywhere.
+REGION_MIN_MASS = {"cluscam": 0.7, "gradcam": 0.7, "scorecam": 0.7, "ablationcam": 0.7, "occlusion": 0.5, "rise": 3 * AREA_SHARE}
+
+
+@pytest.mark.parametrize("name", sorted(SALIENCY_METHODS))
+def test_methods_find_the_cell_the_logit_reads(region, name):
+    model, images = region
+    saliency = SALIENCY_METHODS[name](model, images, "features", 0, **REGION_OPTIONS.get(name, {}))
+    mass = saliency_mass_in_box(saliency, np.tile(REGION_BOX, (len(images), 1)))
+    assert np.all(mass > REGION_MIN_MASS[name]), (name, mass)
+    inside = region_truth(len(images)).bool()
+    assert saliency[inside].mean() > 3 * saliency[~inside].mean()
+
+
+def test_cluscam_scores_masked_minus_unmasked_and_drops_the_lowest(region):
+    """With 16 clusters (one per cell) and a near-zero temperature only the best cluster survives the
+    softmax: the same map as keeping one cluster by dropping 15 of 16. That cluster is the region's cell
+    (the mask that keeps the logit highest), so the map is the cell's blob; uniform weights over all
+    16 cells (huge temperature, no drop) spread the mass evenly instead."""
+    model, images = region
+    sharp = cluscam(model, images, "features", 0, n_clusters=16, drop_fraction=0.0, temperature=1e-4)
+    single = cluscam(model, images, "features", 0, n_clusters=16, drop_fraction=15 / 16, temperature=1.0)
+    torch.testing.assert_close(sharp, single, atol=1e-6, rtol=0)
+    box = np.tile(REGION_BOX, (len(images), 1))
+    assert np.all(saliency_mass_in_box(sharp, box) > 0.7)
+    flat = cluscam(model, images, "features", 0, n_clusters=16, drop_fraction=0.0, temperature=1e6)
+    assert np.all(saliency_mass_in_box(flat, box) < 2 * AREA_SHARE)
+    with pytest.raises(SaliencyError, match="exceeds the 32 feature maps"):
+        cluscam(model, images, "features", 0, n_clusters=33)
+    with pytest.raises(SaliencyError, match="drop_fraction"):
+        cluscam(model, images, "features", 0, drop_fraction=1.0)
+    with pytest.raises(SaliencyError, match="temperature"):
+        cluscam(model, images, "features", 0, temperature=0.0)
+
+
+def test_clustering_in_feature_space_equals_clustering_the_upsampled_maps(mobilenet, photos):
+    """ClusCAM clusters the min-max scaled, bilinearly upsampled maps; we cluster the small maps under
+    the metric the upsampling induces. Against scikit-learn's k-means++ on the upsampled maps
+    themselves (same seed): the same labels for every map, centroids within 1e-5 (float rounding;
+    measured 8e-7). features.18 (1280 maps, 4 x 4) at 112 px and features.10 (64 maps, 14 x 14) at 224."""
+    from sklearn.cluster import KMeans
+
+    from conceptscope.methods.saliency import _layer_output, _minmax, _upsample
+
+    for size, layer in ((112, "features.18"), (224, "features.10")):
+        image = F.interpolate(photos[0][:1], size=size, mode="bilinear", antialias=True)
+        acts = _layer_output(mobilenet, image, layer)[0][0]
+        labels, centroids = cluster_feature_maps(acts, (size, size), 10, seed=0)
+        upsampled = _minmax(_upsample(acts[None], (size, size))[0]).flatten(1).numpy()
+        reference = KMeans(n_clusters=10, init="k-means++", n_init=1, random_state=0).fit(upsampled)
+        np.testing.assert_array_equal(labels, reference.labels_)
+        np.testing.assert_allclose(centroids.flatten(1).numpy(), reference.cluster_centers_, atol=1e-5, rtol=0)
+
+
+def test_every_method_returns_unit_maps_deterministically(mobilenet, photos):
+    """Real MobileNetV2 on two real photos at 112 px, layer features.14 (160 maps, 4 x 4): (B, H, W) in
+    [0, 1], not constant, equal on a second call; RISE's seed changes its masks."""
+    images = F.interpolate(photos[0][:2], size=112, mode="bilinear", antialias=True)
+    labels = photos[1][:2]
+    options = {"rise": {"n_masks": 48}, "occlusion": {"window": 28, "stride": 28}}
+    maps = {}
+    for name, method in SALIENCY_METHODS.items():
+        maps[name] = method(mobilenet, images, "features.14", labels, **options.get(name, {}))
+        again = method(mobilenet, images, None if name in LAYER_FREE_METHODS else "features.14", labels, **options.get(name, {}))
+        assert maps[name].shape == (2, 112, 112), name
+        assert maps[name].min() == 0 and maps[name].max() == 1, name
+        assert torch.equal(maps[name], again), name
+    assert not torch.equal(rise(mobilenet, images, None, labels, n_masks=48, seed=1), maps["rise"])
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-checks with pytorch-grad-cam
+
+
+def test_gradcam_matches_pytorch_grad_cam(mobilenet, photos):
+    """Same model, layer features.18 (7 x 7), targets and four photos. The package min-max scales the
+    7 x 7 map, resizes it with cv2.resize (bilinear, half-pixel centres like torch's
+    align_corners=False) and scales again; we resize, then scale. Min-max scaling commutes with the
+    linear resize, so only float rounding and the package's 1e-7 epsilon remain: max |diff| 1.5e-6
+    measured; tolerance 1e-5."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    images, labels = photos
+    ours = gradcam(mobilenet, images, "features.18", labels).numpy()
+    with GradCAM(mobilenet, [get_layer(mobilenet, "features.18")]) as reference:
+        theirs = reference(images, [ClassifierOutputTarget(int(c)) for c in labels])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_ablationcam_matches_pytorch_grad_cam(mobilenet, photos):
+    """Two photos at 112 px, layer features.2.conv.0 (96 maps after ReLU6, whose minimum is 0, so the
+    package ablates with 0 as the paper does). The package recomputes the whole network for every
+    ablated map, we only the part after the layer. Max |diff| 5e-7 measured; tolerance 1e-5."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    images = F.interpolate(photos[0][:2], size=112, mode="bilinear", antialias=True)
+    labels = photos[1][:2]
+    ours = ablationcam(mobilenet, images, "features.2.conv.0", labels).numpy()
+    with AblationCAM(mobilenet, [get_layer(mobilenet, "features.2.conv.0")], batch_size=32) as reference:
+        theirs = reference(images, [ClassifierOutputTarget(int(c)) for c in labels])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_average_drop_and_increase_match_pytorch_grad_cam(mobilenet, photos):
+    """The package's DropInConfidence is max(0, Y_c - O_c) and IncreaseInConfidence is [O_c > Y_c], with
+    softmax targets and input * map in normalised space, on the package's own Grad-CAM maps. Ours are
+    those divided by Y_c and x 100: compared within 1e-4 percentage points."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    images, labels = photos
+    with GradCAM(mobilenet, [get_layer(mobilenet, "features.18")]) as reference:
+        maps = reference(images, [ClassifierOutputTarget(int(c)) for c in labels])
+    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in labels]
+    with torch.no_grad():
+        original = torch.softmax(mobilenet(images), 1)[torch.arange(len(labels)), labels].numpy()
+    drop = average_drop(mobilenet, images, torch.from_numpy(maps), labels)
+    increase = increase_in_confidence(mobilenet, images, torch.from_numpy(maps), labels)
+    np.testing.assert_allclose(drop, DropInConfidence()(images, maps, targets, mobilenet) / original * 100, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(increase, IncreaseInConfidence()(images, maps, targets, mobilenet) * 100, atol=1e-4, rtol=0)
+    assert drop.max() > 1  # the maps remove evidence: a non-trivial comparison
+
+
+# --------------------------------------------------------------------------------------------
+# Faithfulness metrics
+
+
+def test_deletion_and_insertion_rank_the_true_map_above_its_inverse(region, mobilenet, photos):
+    """Hand-made model: deleting the cell first kills the class at once (AUC ~ 1/16 x 0.6), deleting it
+    last keeps it to the end; insertion (from the zero image: a blurred uniform image keeps the
+    cell's brightness) the reverse. Real MobileNetV2: the same ordering for Grad-CAM's maps on every
+    one of four photos."""
+    model, images = region
+    truth = region_truth(len(images))
+    for true_map, inverse in [(truth, 1 - truth)]:
+        delete = deletion_auc(model, images, true_map, 0, steps=16), deletion_auc(model, images, inverse, 0, steps=16)
+        insert = insertion_auc(model, images, true_map, 0, steps=16, baseline="zero"), insertion_auc(model, images, inverse, 0, steps=16, baseline="zero")
+        assert np.all(delete[0] < 0.1) and np.all(delete[1] > 0.9)
+        assert np.all(insert[0] > 0.9) and np.all(insert[1] < 0.1)
+    real_images, labels = photos
+    maps = gradcam(mobilenet, real_images, "features.18", labels)
+    true_scores = faithfulness(mobilenet, real_images, maps, labels, steps=10)
+    inverse_deletion = deletion_auc(mobilenet, real_images, 1 - maps, labels, steps=10)
+    inverse_insertion = insertion_auc(mobilenet, real_images, 1 - maps, labels, steps=10)
+    assert np.all(true_scores["deletion_auc"] < inverse_deletion)
+    assert np.all(true_scores["insertion_auc"] > inverse_insertion)
+    assert set(true_scores) == {"deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence"}
+    assert all(v.shape == (4,) for v in true_scores.values())
+
+
+class ConstantLogits(nn.Module):
+    """Logits (1, 0, -1) whatever the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, 0.0, -1.0]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_metrics_on_cases_with_known_answers(region, mobilenet, photos):
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    saliency = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    p = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)[0].item()
+    scores = faithfulness(ConstantLogits(), images, saliency, 0, steps=7)
+    for name in ("deletion_auc", "insertion_auc"):
+        np.testing.assert_allclose(scores[name], p, atol=1e-6)
+    np.testing.assert_array_equal(scores["average_drop"], 0)
+    np.testing.assert_array_equal(scores["increase_in_confidence"], 0)
+    # one step: the trapezoid between the image and the baseline, whatever the order
+    model, region_images = region
+    with torch.no_grad():
+        prob = lambda x: torch.softmax(model(x), 1)[:, 0].double().numpy()  # noqa: E731
+        expected = (prob(region_images) + prob(torch.zeros_like(region_images))) / 2
+    np.testing.assert_allclose(deletion_auc(model, region_images, region_truth(3), 0, steps=1), expected, rtol=1e-6)
+    np.testing.assert_allclose(insertion_auc(model, region_images, region_truth(3), 0, steps=1, baseline="zero"), expected, rtol=1e-6)
+    # an all-ones map leaves the input unchanged: no drop, no increase (real model, real photos)
+    real_images, labels = photos
+    ones = torch.ones(len(real_images), *real_images.shape[-2:])
+    np.testing.assert_array_equal(average_drop(mobilenet, real_images, ones, labels), 0)
+    np.testing.assert_array_equal(increase_in_confidence(mobilenet, real_images, ones, labels), 0)
+
+
+def test_saliency_mass_in_box():
+    saliency = torch.zeros(2, 4, 6)
+    saliency[0, 1, 2] = 3.0  # one pixel inside box 0
+    saliency[0, 3, 5] = 1.0  # one outside
+    saliency[1] = 1.0
+    mass = saliency_mass_in_box(saliency, [[2, 0, 4, 2], [0, 0, 3, 2]])
+    np.testing.assert_allclose(mass, [0.75, 6 / 24])
+    assert np.isnan(saliency_mass_in_box(torch.zeros(1, 4, 4), [[0, 0, 2, 2]])[0])
+
+
+def test_bad_input_is_refused_clearly(region):
+    model, images = region
+    with pytest.raises(SaliencyError, match=r"unknown saliency method 'clustercam'.*'cluscam'.*'scorecam'"):
+        get_saliency_method("clustercam")
+    with pytest.raises(SaliencyError, match=r"\(B, C, H, W\)"):
+        SALIENCY_METHODS["scorecam"](model, images[0], "features", 0)
+    with pytest.raises(SaliencyError, match=r"one per image \(3,\)"):
+        SALIENCY_METHODS["cluscam"](model, images, "features", torch.tensor([0, 1]))
+    with pytest.raises(SaliencyError, match=r"must lie in \[0, 2\)"):
+        SALIENCY_METHODS["ablationcam"](model, images, "features", 5)
+    with pytest.raises(ValueError, match="not found"):
+        SALIENCY_METHODS["rise"](model, images, "featurse", 0, n_masks=4)
+    with pytest.raises(SaliencyError, match="feature maps"):
+        SALIENCY_METHODS["scorecam"](model, images, "classifier", 0)
+    with pytest.raises(SaliencyError, match=r"\(B, H, W\) = \(3, 32, 32\)"):
+        deletion_auc(model, images, torch.rand(3, 16, 16), 0)
+    with pytest.raises(SaliencyError, match=r"\[0, 1\]"):
+        average_drop(model, images, 2 * torch.ones(3, SIZE, SIZE), 0)
+    with pytest.raises(SaliencyError, match="unknown baseline"):
+        insertion_auc(model, images, region_truth(3), 0, baseline="gray")
