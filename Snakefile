@@ -36,6 +36,7 @@ include: "rules/contrast.smk"
 include: "rules/cladec.smk"
 include: "rules/nave.smk"
 include: "rules/dora.smk"
+include: "rules/cluscam.smk"
 
 
 rule all:

@@ -111,4 +111,6 @@ def all_targets():
         targets.append(result("tables", "nave_object_extraction.csv"))
     if config["dora"]["models"]:
         targets.append(result("tables", "dora_mantel.csv"))
+    if config["cluscam"]["models"]:
+        targets.append(result("tables", "cluscam_faithfulness.csv"))
     return targets

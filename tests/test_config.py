@@ -119,6 +119,11 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c.update(nave={"clustering": ["dbscan"]}), ["nave.clustering.0", "kmeans"]),
         (lambda c: c.update(nave={"strategies": ["outer", "outer"]}), ["nave.strategies", "repeat"]),
         (lambda c: c.update(nave={"classwide": {"clustering": "ward", "max_fit_pixels": 100000}}), ["nave.classwide.max_fit_pixels", "Ward"]),
+        (lambda c: c.update(cluscam={"models": ["resnet_nope"]}), ["cluscam.models[0]", "resnet_nope"]),
+        (lambda c: c.update(cluscam={"models": ["vgg_clean"], "layers": {"vgg_shortcut": ["features.3"]}}), ["cluscam.layers.vgg_shortcut", "not one of cluscam.models"]),
+        (lambda c: c.update(cluscam={"methods": ["gradcam++"]}), ["cluscam.methods.0", "cluscam"]),
+        (lambda c: c.update(cluscam={"cluscam": {"drop_fraction": 1.0}}), ["cluscam.cluscam.drop_fraction", "< 1"]),
+        (lambda c: c.update(cluscam={"object_size_bins": [0.3, 0.1]}), ["cluscam.object_size_bins", "increase"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

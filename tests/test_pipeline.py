@@ -123,6 +123,10 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
         ("dora", "sams", {"enabled": True, "n_signals": 1, "steps": 4, "batch_size": 8, "max_representations": 4, "figures": 4},
          {"dora_sams": 2, "dora_analysis": 2, "summarize_dora": 1}),
         ("dora", "n", 3, {"dora_distances": 2, "dora_analysis": 2, "summarize_dora": 1}),
+        # ClusCAM: a baseline's setting reruns that baseline alone; the sweep and the size bins are separate
+        ("cluscam", "rise", {"n_masks": 32}, {"cluscam_saliency": 1, "cluscam_figure": 1, "summarize_cluscam": 1}),
+        ("cluscam", "sweep", {"n_clusters": [2], "temperature": [0.1], "max_images": 3}, {"cluscam_sweep": 1, "summarize_cluscam": 1}),
+        ("cluscam", "object_size_bins", [0.2], {"summarize_cluscam": 1}),
     ]
     # each case is a dry run (mostly the Python start-up): two at a time, each with its own config file
     files = []
@@ -366,3 +370,68 @@ def test_dora_tables_and_figures(finished_run):
     for kind in ("atlas", "sams"):
         with Image.open(results / "figures" / "dora" / "digits_shortcut" / "vgg_shortcut" / f"features.7_{kind}.png") as image:
             assert image.width > 200
+
+
+def test_cluscam_tables_maps_and_figure(finished_run):
+    import torch
+    from PIL import Image
+
+    from conceptscope.data import ImageDataset, PreparedDataset
+    from conceptscope.methods.saliency import explain_and_score
+    from conceptscope.models import build_transform, load_model
+
+    workdir, config = finished_run
+    results, opts = workdir / "results", config["cluscam"]
+    job = results / "cluscam" / "digits_shortcut" / "vgg_shortcut" / "features.3"
+    methods = ["cluscam", "gradcam", "scorecam", "ablationcam", "rise", "occlusion"]
+    faithfulness = pd.read_csv(results / "tables" / "cluscam_faithfulness.csv")
+    assert list(faithfulness.columns[:10]) == ["model", "dataset", "layer", "method", "subset", "images", "deletion_auc", "insertion_auc",
+                                               "average_drop", "increase_in_confidence"]
+    main, costly = (faithfulness[faithfulness.subset == s].set_index("method") for s in ("main", "costly"))
+    # the costly methods only on the small subset, where every method is scored on the same images
+    assert set(main.index) == {"cluscam", "gradcam", "ablationcam", "occlusion"} and (main.images == opts["max_images"]).all()
+    assert set(costly.index) == set(methods) and (costly.images == opts["costly"]["max_images"]).all()
+    assert faithfulness[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+    assert faithfulness.average_drop.between(0, 100).all() and faithfulness.increase_in_confidence.between(0, 100).all()
+    per_image = {m: pd.read_csv(job / m / "per_image.csv") for m in methods}
+    assert set(per_image["scorecam"].image_id) < set(per_image["gradcam"].image_id)
+    assert set(per_image["rise"].image_id) == set(per_image["scorecam"].image_id)
+    assert costly.loc["gradcam", "deletion_auc"] == pytest.approx(
+        per_image["gradcam"].set_index("image_id").loc[per_image["scorecam"].image_id, "deletion_auc"].mean())
+
+    # the job's numbers are the library's on the same images and targets (preprocessing, layer, class)
+    data = PreparedDataset(results / "data" / "digits_shortcut")
+    model, info = load_model(results / "models" / "vgg_shortcut")
+    stored = per_image["gradcam"]
+    rows = data.manifest.set_index("image_id").loc[stored.image_id].reset_index()
+    images = torch.stack([image for image, _, _ in ImageDataset(data, rows, build_transform(info["preprocess"]))])
+    with torch.no_grad():
+        assert model(images).argmax(1).tolist() == stored.target.tolist()
+    maps, scores = explain_and_score(model, images, "features.3", "gradcam", torch.tensor(stored.target.to_numpy()),
+                                     steps=opts["faithfulness"]["steps"])
+    for metric in ("deletion_auc", "insertion_auc", "average_drop"):
+        assert scores[metric] == pytest.approx(stored[metric].to_numpy(), abs=1e-5), metric
+    # the mass inside the object box, by hand: 28 px digits are not resized, so boxes stay in pixels
+    boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
+    by_hand = [m[int(np.ceil(y0 - 0.5)):int(np.ceil(y1 - 0.5)), int(np.ceil(x0 - 0.5)):int(np.ceil(x1 - 0.5))].sum() / m.sum()
+               for m, (x0, y0, x1, y1) in zip(maps.double().numpy(), boxes)]
+    assert stored.mass_in_object.to_numpy() == pytest.approx(by_hand, abs=1e-6)
+
+    # the watermark table: every method on the watermarked twins, the 6 x 6 box of a 28 x 28 frame
+    watermark = pd.read_csv(results / "tables" / "cluscam_watermark.csv").set_index("method")
+    assert set(watermark.index) == set(methods) and watermark.box_fraction.to_numpy() == pytest.approx(36 / 784)
+    assert watermark.mass_in_box.between(0, 1).all() and watermark.ratio.to_numpy() == pytest.approx(watermark.mass_in_box / watermark.box_fraction)
+    marks = pd.read_csv(job / "cluscam" / "watermark.csv")
+    assert set(data.manifest.set_index("image_id").loc[marks.image_id, "split"]) == {"test_watermarked"}
+
+    sizes = pd.read_csv(results / "tables" / "cluscam_object_size.csv")
+    assert set(sizes.size_bin) <= {"<0.1", "0.1-0.3", ">=0.3"}
+    assert sizes.groupby("method").images.sum().to_dict() == faithfulness.groupby("method").images.max().to_dict()
+    sweep = pd.read_csv(results / "tables" / "cluscam_sweep.csv")
+    assert set(zip(sweep.n_clusters, sweep.temperature)) == {(2, 0.5), (4, 0.5), (10, 0.1)} and (sweep.images == 3).all()
+
+    stored_maps = [np.load(job / m / "maps.npz") for m in methods]
+    assert all(np.array_equal(s["image_id"], stored_maps[0]["image_id"]) for s in stored_maps) and len(stored_maps[0]["image_id"]) == 3
+    assert all(s["maps"].shape == (3, 28, 28) and 0 <= s["maps"].min() and s["maps"].max() <= 1 for s in stored_maps)
+    with Image.open(results / "figures" / "cluscam" / "digits_shortcut" / "vgg_shortcut" / "features.3.png") as figure:
+        assert figure.width > 7 * 112 and figure.height > 3 * 112

@@ -204,3 +204,12 @@ def nave_inputs(snakemake, layers, max_images=None):
     preprocess = json.loads(Path(snakemake.input.info).read_text())["preprocess"]
     stores = [ActivationStore(Path(snakemake.input.store) / layer_store_name(layer)) for layer in layers]
     return data, preprocess, stores, stored_rows(stores[0], data, max_images)
+
+
+def nested_rows(rows, limit: int | None, seed: int):
+    """A seeded random subset of `limit` manifest rows, kept in manifest order; with the same seed a
+    smaller limit gives a subset of a larger one's (the first `limit` of one permutation)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return rows.iloc[np.sort(order[: len(rows) if limit is None else limit])]

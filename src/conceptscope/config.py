@@ -403,6 +403,7 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     _check_cladec(config)
     _check_nave(config)
     _check_dora(config)
+    _check_cluscam(config)
     return config
 
 
@@ -448,3 +449,42 @@ def _check_dora(config: dict) -> None:
         )
     if opts["atlas"]["distance"].startswith("ea_s") and not opts["sams"]["enabled"]:
         raise ConfigError(f"config key 'dora.atlas.distance': {opts['atlas']['distance']!r} needs s-AMS; set dora.sams.enabled: true or pick a data-aware distance")
+
+
+def cluscam_pairs(config: dict) -> list[tuple[str, str]]:
+    """(dataset, model) pairs ClusCAM explains: `cluscam.models` x their eval datasets (`cluscam.datasets` filters)."""
+    opts, models = config["cluscam"], config["models"]
+    return [(ds, m) for m in opts["models"] for ds in models[m]["eval_datasets"] if opts["datasets"] is None or ds in opts["datasets"]]
+
+
+def cluscam_layers(config: dict, model: str) -> list[str]:
+    """The layers whose feature maps the CAM methods explain for a model: configured, or its last stored layer."""
+    layers = config["cluscam"]["layers"].get(model)
+    return list(layers) if layers else config["models"][model]["layers"][-1:]
+
+
+def _check_cluscam(config: dict) -> None:
+    """The `cluscam` block: models, datasets, per-model layers, size bins."""
+    opts, models, datasets = config["cluscam"], config["models"], config["datasets"]
+    for i, name in enumerate(opts["models"]):
+        if name not in models:
+            raise ConfigError(f"config key 'cluscam.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
+        if not models[name]["layers"] and name not in opts["layers"]:
+            raise ConfigError(f"config key 'cluscam.models[{i}]': model {name!r} has no `layers`; name its feature-map layers in cluscam.layers.{name}")
+    if len(set(opts["models"])) != len(opts["models"]):
+        raise ConfigError(f"config key 'cluscam.models': models repeat in {opts['models']}")
+    for i, ds in enumerate(opts["datasets"] or []):
+        if ds not in datasets:
+            raise ConfigError(f"config key 'cluscam.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
+        if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
+            raise ConfigError(f"config key 'cluscam.datasets[{i}]': dataset {ds!r} is not an eval dataset of any ClusCAM model {opts['models']}")
+    for name, layers in opts["layers"].items():
+        if name not in opts["models"]:
+            raise ConfigError(f"config key 'cluscam.layers.{name}': {name!r} is not one of cluscam.models {opts['models']}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"config key 'cluscam.layers.{name}': layers repeat in {layers}")
+    if len(set(opts["methods"])) != len(opts["methods"]):
+        raise ConfigError(f"config key 'cluscam.methods': methods repeat in {opts['methods']}")
+    bins = opts["object_size_bins"]
+    if list(bins) != sorted(set(bins)):
+        raise ConfigError(f"config key 'cluscam.object_size_bins': edges must increase strictly, got {bins}")

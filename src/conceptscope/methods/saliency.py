@@ -145,7 +145,7 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
 @torch.no_grad()
 def _scores(model: nn.Module, images: torch.Tensor, cls: int, batch_size: int, probability: bool) -> torch.Tensor:
     """Target logit (or softmax probability) of class `cls` for every image (N, C, H, W), in chunks: (N,)."""
-    out = []
+    out = [images.new_zeros(0)]  # no images (e.g. Score-CAM with only constant maps): no scores
     for chunk in _batches(len(images), batch_size):
         logits = model(images[chunk])
         out.append(torch.softmax(logits, 1)[:, cls] if probability else logits[:, cls])
@@ -625,3 +625,44 @@ def saliency_mass_in_box(saliency: torch.Tensor, boxes: torch.Tensor | np.ndarra
     total = saliency.flatten(1).sum(1)
     mass = (saliency * inside).flatten(1).sum(1)
     return torch.where(total > 0, mass / total, torch.full_like(total, float("nan"))).numpy()
+
+
+def explain_and_score(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layer: str,
+    method: str,
+    target: Target,
+    *,
+    options: dict | None = None,
+    steps: int = FAITHFULNESS_STEPS,
+    deletion_baseline: str | float | torch.Tensor = "zero",
+    insertion_baseline: str | float | torch.Tensor = "blur",
+    batch_size: int = BATCH_SIZE,
+    score: bool = True,
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """One batch through a method by name: maps (B, H, W) on the CPU and per-image columns.
+
+    The columns are `seconds` (the map's share of the batch's wall time, the GPU synchronised) and,
+    with `score`, the four `faithfulness` metrics. `options` are the method's keyword arguments
+    (e.g. {"n_clusters": 10} for ClusCAM); `batch_size` goes to the methods that batch masked inputs.
+    """
+    import inspect
+    import time
+
+    explain = get_saliency_method(method)
+    device = _model_device(model)
+    inputs, classes = _prepare(model, inputs, target)
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronise()
+    start = time.perf_counter()
+    kwargs = dict(options or {})
+    if "batch_size" in inspect.signature(explain).parameters:
+        kwargs["batch_size"] = batch_size
+    maps = explain(model, inputs, layer, classes, **kwargs)
+    synchronise()
+    columns = {"seconds": np.full(len(inputs), (time.perf_counter() - start) / len(inputs))}
+    if score:
+        columns.update(faithfulness(model, inputs, maps, classes, steps=steps, deletion_baseline=deletion_baseline,
+                                    insertion_baseline=insertion_baseline, batch_size=batch_size))
+    return maps.detach().float().cpu(), columns
