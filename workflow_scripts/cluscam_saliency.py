@@ -70,19 +70,17 @@ def box_columns(rows: pd.DataFrame, maps: torch.Tensor, kind: str) -> tuple[np.n
         mass[has_box] = saliency_mass_in_box(maps[torch.from_numpy(has_box)], boxes[has_box])
     return share, mass
 
-
+split_rows = data.split(p.split)
+if not len(split_rows):
+    raise ValueError(f"dataset {w.dataset!r} has no images in split {p.split!r}")
+rows = nested_rows(split_rows, p.max_images, p.seed)
 if w.method not in LAYER_FREE_METHODS:
-    first = next(iter(image_loader(data, data.split(p.split).iloc[:1], info, 1)))[0].to(device)
+    first = next(iter(image_loader(data, rows.iloc[:1], info, 1)))[0].to(device)
     with LayerRecorder(model, [w.cam_layer]) as recorder, torch.no_grad():
         model(first)
     shape = tuple(recorder.outputs[w.cam_layer].shape)
     if len(shape) != 4 or shape[2] * shape[3] < 2:
         raise ValueError(f"config key 'cluscam.layers.{w.model}': layer {w.cam_layer!r} gives {shape} on {w.dataset!r}; CAM methods need feature maps (B, K, h, w) larger than 1 x 1")
-
-split_rows = data.split(p.split)
-if not len(split_rows):
-    raise ValueError(f"dataset {w.dataset!r} has no images in split {p.split!r}")
-rows = nested_rows(split_rows, p.max_images, p.seed)
 log.info("%s/%s %s %s: %d images of %s", w.dataset, w.model, w.cam_layer, w.method, len(rows), p.split)
 maps, table = explain(rows, score=True)
 table["object_fraction"], table["mass_in_object"] = box_columns(rows, maps, "object")

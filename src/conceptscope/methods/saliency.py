@@ -416,7 +416,7 @@ def occlusion(
     cover a pixel; ReLU (evidence for the class), then scaled per image to [0, 1].
 
     window: default 1/7 of the shorter side (32 px at 224); stride: default half the window.
-    `layer` is not used.
+    `layer` is not used. About `batch_size` images go through the model per forward pass.
     """
     from captum.attr import Occlusion
 
@@ -437,7 +437,7 @@ def occlusion(
             strides=(channels, stride, stride),
             baselines=0.0,
             target=classes,
-            perturbations_per_eval=batch_size,
+            perturbations_per_eval=max(1, batch_size // len(inputs)),  # captum evaluates this many copies of the whole batch
         )
     # every channel of a pixel gets the same value: the window spans all channels
     return _minmax(torch.relu(attribution.mean(1)))
