@@ -148,13 +148,15 @@ def test_roc_auc_matches_sklearn_with_ties():
     assert auc[0] > 0.7 and auc[1] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
 @pytest.mark.parametrize("detector", OUTLIER_DETECTORS)
-def test_outlier_detectors_find_a_separate_block(detector):
+def test_outlier_detectors_find_a_separate_block(detector, scale):
     """40 representations in one tight group, 4 far from it and from each other (as the digit logits
-    among Tiny ImageNet's): every detector ranks the 4 on top."""
+    among Tiny ImageNet's): every detector ranks the 4 on top, whatever the distance's scale (an L1
+    distance over thousands of images is in the thousands)."""
     rng = np.random.default_rng(6)
     points = np.r_[rng.normal(0, 0.3, size=(40, 5)), rng.normal(0, 0.3, size=(4, 5)) + 4 * np.eye(5)[:4]]
-    dist = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    dist = scale * np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
     scores, flags = outlier_scores(dist, detector, contamination=0.1, n_neighbors=10, seed=0)
     truth = np.r_[np.zeros(40, bool), np.ones(4, bool)]
     assert roc_auc(scores, truth) > 0.95

@@ -237,8 +237,8 @@ def outlier_scores(distance: np.ndarray, detector: str = "lof", *, contamination
     """Outlier scores (k,) (higher = more anomalous) and outlier flags (k,) of the representations.
 
     The detector (pyod) sees each representation as the row of its distances to all others, the
-    distance matrix alone (Sec. 5.4). `n_neighbors` is used by LOF, ABOD and Feature Bagging's LOFs;
-    `seed` by Isolation Forest and Feature Bagging.
+    distance matrix alone (Sec. 5.4), scaled by its largest entry. `n_neighbors` is used by LOF, ABOD
+    and Feature Bagging's LOFs; `seed` by Isolation Forest and Feature Bagging.
     """
     if detector not in OUTLIER_DETECTORS:
         raise ValueError(f"unknown outlier detector {detector!r}; expected one of {list(OUTLIER_DETECTORS)}")
@@ -250,8 +250,13 @@ def outlier_scores(distance: np.ndarray, detector: str = "lof", *, contamination
         raise ValueError(f"contamination must be in (0, 0.5], got {contamination}")
     if not 1 <= n_neighbors < k:
         raise ValueError(f"n_neighbors must be between 1 and k - 1 = {k - 1} for {k} representations, got {n_neighbors}")
+    # the scale of a distance is arbitrary (an L1 sum over thousands of images is in the thousands):
+    # divided by its largest entry, so OCSVM's RBF kernel (gamma 1/k) does not flatten to zero and give
+    # every representation the same score; ABOD, LOF, Feature Bagging and Isolation Forest do not
+    # depend on the scale
+    largest = np.abs(distance[np.isfinite(distance)]).max(initial=0.0)
     model = _pyod(detector)(contamination, n_neighbors, seed)
-    model.fit(distance)
+    model.fit(distance / largest if largest > 0 else distance)
     scores = np.asarray(model.decision_scores_, dtype=np.float64)
     if detector == "abod":  # pyod's ABOD scores are negated angle variances, may be -inf for duplicates
         scores = np.nan_to_num(scores, nan=np.nanmax(scores[np.isfinite(scores)], initial=0.0), neginf=np.nanmin(scores[np.isfinite(scores)], initial=0.0))
