@@ -46,7 +46,7 @@ def digits_model():
 
 
 def _sams(model, layer, reps, **kw):
-    kw = {"n_signals": 2, "steps": 100, "image_shape": SHAPE, "mean": MEAN, "std": STD, "progress": False, **kw}
+    kw = {"n_signals": 2, "steps": 200, "image_shape": SHAPE, "mean": MEAN, "std": STD, "progress": False, **kw}
     return synthetic_ams(model, layer, reps, **kw)
 
 
@@ -60,7 +60,7 @@ def _reference_activations(model, layer, reps, real):
 
 @pytest.mark.parametrize("layer", [None, "fc"])
 def test_sams_maximise_their_representation(digits_model, layer):
-    """Logits (layer None) and the dense layer's units (N, C), 10 representations x 2 s-AMS, 100 steps.
+    """Logits (layer None) and the dense layer's units (N, C), 10 representations x 2 s-AMS, 200 steps.
 
     Every s-AMS drives its own representation above all 64 uniform-noise images (and > 3 noise std
     above their mean), and above its mean on 500 real digits (> 0.4 real std each; logits: > 1.2 std
