@@ -213,3 +213,16 @@ def nested_rows(rows, limit: int | None, seed: int):
 
     order = np.random.default_rng(seed).permutation(len(rows))
     return rows.iloc[np.sort(order[: len(rows) if limit is None else limit])]
+
+
+def read_job_tables(paths, jobs: list[dict]):
+    """The per-job CSV files as one frame, each row led by its job's columns (e.g. model, dataset, layer)."""
+    import pandas as pd
+
+    frames = []
+    for job, path in zip(jobs, paths):
+        frame = pd.read_csv(path)
+        for column, value in reversed(list(job.items())):
+            frame.insert(0, column, value)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(jobs[0]) if jobs else [])

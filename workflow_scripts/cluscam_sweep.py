@@ -33,8 +33,7 @@ for n_clusters, temperature in settings:
         _, columns = explain_and_score(model, images, w.cam_layer, "cluscam", target, options=options, steps=p.steps,
                                        deletion_baseline=p.deletion_baseline, insertion_baseline=p.insertion_baseline, batch_size=p.batch_size)
         tables.append(pd.DataFrame(dict(n_clusters=n_clusters, temperature=temperature, image_id=ids, **columns)))
-    done = pd.concat(tables)
-    last = done[(done.n_clusters == n_clusters) & (done.temperature == temperature)]
+    last = pd.concat(tables[-len(batches):])
     log.info("K=%d T=%g: deletion %.3f insertion %.3f (%d images)", n_clusters, temperature, last.deletion_auc.mean(), last.insertion_auc.mean(), len(last))
 with atomic_path(sm.output[0]) as tmp:
     pd.concat(tables, ignore_index=True).to_csv(tmp, index=False)

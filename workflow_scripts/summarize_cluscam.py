@@ -16,7 +16,7 @@ standard errors (`*_sem`).
 import numpy as np
 import pandas as pd
 
-from _common import setup
+from _common import read_job_tables, setup
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -35,18 +35,8 @@ def summary(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFr
     return out.reset_index()
 
 
-def read(paths, jobs) -> pd.DataFrame:
-    frames = []
-    for job, path in zip(jobs, paths):
-        frame = pd.read_csv(path)
-        for column, value in reversed(list(job.items())):
-            frame.insert(0, column, value)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(jobs[0]) if jobs else [])
-
-
 keys = ["model", "dataset", "layer", "method"]
-per_image = read(sm.input.per_image, p.jobs)
+per_image = read_job_tables(sm.input.per_image, p.jobs)
 parts = []
 costly = per_image[per_image.method.isin(p.costly_methods)]
 main = per_image[~per_image.method.isin(p.costly_methods)]
@@ -61,7 +51,7 @@ faithfulness = faithfulness.rename(columns={"seconds": "seconds_per_image", "sec
 front = keys + ["subset", "images"] + METRICS
 faithfulness = faithfulness[front + [c for c in faithfulness.columns if c not in front]]
 
-watermark = read(sm.input.watermark, p.jobs).dropna(subset=["mass_in_box"]) if p.jobs else pd.DataFrame()
+watermark = read_job_tables(sm.input.watermark, p.jobs).dropna(subset=["mass_in_box"]) if p.jobs else pd.DataFrame()
 if len(watermark):
     watermark = summary(watermark, keys, ["mass_in_box", "box_fraction"])
     watermark["ratio"] = watermark["mass_in_box"] / watermark["box_fraction"]
@@ -77,7 +67,7 @@ if len(boxed):
 else:
     object_size = pd.DataFrame(columns=keys + ["size_bin", "images"] + METRICS + ["mass_in_object", "object_fraction"])
 
-sweep = read(sm.input.sweep, p.sweep_jobs)
+sweep = read_job_tables(sm.input.sweep, p.sweep_jobs)
 if len(sweep):
     sweep = summary(sweep, keys[:3] + ["n_clusters", "temperature"], METRICS + ["seconds"])
 else:

@@ -407,10 +407,36 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     return config
 
 
+def _block_pairs(config: dict, block: str) -> list[tuple[str, str]]:
+    """(dataset, model) pairs of a method with its own forward pass: `<block>.models` x their eval
+    datasets (`<block>.datasets` filters)."""
+    opts, models = config[block], config["models"]
+    return [(ds, m) for m in opts["models"] for ds in models[m]["eval_datasets"] if opts["datasets"] is None or ds in opts["datasets"]]
+
+
+def _check_block_models(config: dict, block: str, label: str) -> None:
+    """A block's `models`, `datasets` and per-model `layers` (DORA, ClusCAM) against the config."""
+    opts, models, datasets = config[block], config["models"], config["datasets"]
+    for i, name in enumerate(opts["models"]):
+        if name not in models:
+            raise ConfigError(f"config key '{block}.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
+    if len(set(opts["models"])) != len(opts["models"]):
+        raise ConfigError(f"config key '{block}.models': models repeat in {opts['models']}")
+    for i, ds in enumerate(opts["datasets"] or []):
+        if ds not in datasets:
+            raise ConfigError(f"config key '{block}.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
+        if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
+            raise ConfigError(f"config key '{block}.datasets[{i}]': dataset {ds!r} is not an eval dataset of any {label} model {opts['models']}")
+    for name, layers in opts["layers"].items():
+        if name not in opts["models"]:
+            raise ConfigError(f"config key '{block}.layers.{name}': {name!r} is not one of {block}.models {opts['models']}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"config key '{block}.layers.{name}': layers repeat in {layers}")
+
+
 def dora_pairs(config: dict) -> list[tuple[str, str]]:
     """(dataset, model) pairs DORA analyses: `dora.models` x their eval datasets (`dora.datasets` filters)."""
-    opts, models = config["dora"], config["models"]
-    return [(ds, m) for m in opts["models"] for ds in models[m]["eval_datasets"] if opts["datasets"] is None or ds in opts["datasets"]]
+    return _block_pairs(config, "dora")
 
 
 def dora_layers(config: dict, model: str) -> list[str]:
@@ -420,22 +446,8 @@ def dora_layers(config: dict, model: str) -> list[str]:
 
 def _check_dora(config: dict) -> None:
     """The `dora` block: models, datasets, per-model layers, anomaly classes and settings that cannot run."""
-    opts, models, datasets = config["dora"], config["models"], config["datasets"]
-    for i, name in enumerate(opts["models"]):
-        if name not in models:
-            raise ConfigError(f"config key 'dora.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
-    if len(set(opts["models"])) != len(opts["models"]):
-        raise ConfigError(f"config key 'dora.models': models repeat in {opts['models']}")
-    for i, ds in enumerate(opts["datasets"] or []):
-        if ds not in datasets:
-            raise ConfigError(f"config key 'dora.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
-        if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
-            raise ConfigError(f"config key 'dora.datasets[{i}]': dataset {ds!r} is not an eval dataset of any DORA model {opts['models']}")
-    for name, layers in opts["layers"].items():
-        if name not in opts["models"]:
-            raise ConfigError(f"config key 'dora.layers.{name}': {name!r} is not one of dora.models {opts['models']}")
-        if len(set(layers)) != len(layers):
-            raise ConfigError(f"config key 'dora.layers.{name}': layers repeat in {layers}")
+    _check_block_models(config, "dora", "DORA")
+    opts, datasets = config["dora"], config["datasets"]
     for ds in opts["anomaly_classes"]:
         if ds not in datasets:
             raise ConfigError(f"config key 'dora.anomaly_classes.{ds}': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
@@ -453,8 +465,7 @@ def _check_dora(config: dict) -> None:
 
 def cluscam_pairs(config: dict) -> list[tuple[str, str]]:
     """(dataset, model) pairs ClusCAM explains: `cluscam.models` x their eval datasets (`cluscam.datasets` filters)."""
-    opts, models = config["cluscam"], config["models"]
-    return [(ds, m) for m in opts["models"] for ds in models[m]["eval_datasets"] if opts["datasets"] is None or ds in opts["datasets"]]
+    return _block_pairs(config, "cluscam")
 
 
 def cluscam_layers(config: dict, model: str) -> list[str]:
@@ -465,24 +476,11 @@ def cluscam_layers(config: dict, model: str) -> list[str]:
 
 def _check_cluscam(config: dict) -> None:
     """The `cluscam` block: models, datasets, per-model layers, size bins."""
-    opts, models, datasets = config["cluscam"], config["models"], config["datasets"]
+    _check_block_models(config, "cluscam", "ClusCAM")
+    opts, models = config["cluscam"], config["models"]
     for i, name in enumerate(opts["models"]):
-        if name not in models:
-            raise ConfigError(f"config key 'cluscam.models[{i}]': unknown model {name!r}; models are {sorted(models)}")
         if not models[name]["layers"] and name not in opts["layers"]:
             raise ConfigError(f"config key 'cluscam.models[{i}]': model {name!r} has no `layers`; name its feature-map layers in cluscam.layers.{name}")
-    if len(set(opts["models"])) != len(opts["models"]):
-        raise ConfigError(f"config key 'cluscam.models': models repeat in {opts['models']}")
-    for i, ds in enumerate(opts["datasets"] or []):
-        if ds not in datasets:
-            raise ConfigError(f"config key 'cluscam.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
-        if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
-            raise ConfigError(f"config key 'cluscam.datasets[{i}]': dataset {ds!r} is not an eval dataset of any ClusCAM model {opts['models']}")
-    for name, layers in opts["layers"].items():
-        if name not in opts["models"]:
-            raise ConfigError(f"config key 'cluscam.layers.{name}': {name!r} is not one of cluscam.models {opts['models']}")
-        if len(set(layers)) != len(layers):
-            raise ConfigError(f"config key 'cluscam.layers.{name}': layers repeat in {layers}")
     if len(set(opts["methods"])) != len(opts["methods"]):
         raise ConfigError(f"config key 'cluscam.methods': methods repeat in {opts['methods']}")
     bins = opts["object_size_bins"]
