@@ -81,3 +81,11 @@ def photos(tmp_path_factory):
         "labels": np.array([dataset[i][1] for i in range(len(dataset))]),
         "acts": {name: out.numpy() for name, out in recorder.outputs.items()},
     }
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slurm: runs the workflow through a real SLURM cluster (skipped unless `sinfo` answers; "
+        "start one with `bash scripts/slurm_up.sh`, run with `bash scripts/slurm_test.sh`)",
+    )
