@@ -3,6 +3,7 @@
 #   snakemake --cores all                         # the embedded default run (config.yaml)
 #   snakemake --cores all --configfile configs/test.yaml
 #   snakemake --profile profiles/slurm            # the same workflow on a SLURM cluster
+#   snakemake --report report.html                # after a run: one self-contained HTML report
 import sys
 from pathlib import Path
 
@@ -37,9 +38,10 @@ include: "rules/cladec.smk"
 include: "rules/nave.smk"
 include: "rules/dora.smk"
 include: "rules/cluscam.smk"
+include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

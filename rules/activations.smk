@@ -1,34 +1,25 @@
 # Activations: one forward pass per (dataset, model) records every configured layer into Zarr;
 # crop vectors (the concepts paper's 3x3 grid crops) likewise, streamed chunk by chunk.
-
-
-def selection_of(model):
-    return MODELS[model]["selection"] or config["activations"]["selection"]
-
-
-def predictions_if(selection, dataset, model):
-    """The predictions a selection by predicted class reads (nothing otherwise)."""
-    return [result("predictions", dataset, f"{model}.parquet")] if selection["by"] == "prediction" else []
-
-
 rule extract_activations:
     input:
         unpack(lambda w: {"data": dataset_dir(w.dataset), **model_files(w.model)}),
         predictions=lambda w: predictions_if(selection_of(w.model), w.dataset, w.model),
     output:
         directory(result("activations", "{dataset}", "{model}")),
+    log:
+        result("logs", "extract_activations", "{dataset}", "{model}.log"),
+    cache: "omit-software"
+    conda:
+        "../envs/conceptscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
     params:
         layers=lambda w: MODELS[w.model]["layers"],
         selection=lambda w: selection_of(w.model),
         store={k: v for k, v in config["activations"].items() if k != "selection"},
         device=config["device"],
-    log:
-        result("logs", "extract_activations", "{dataset}", "{model}.log"),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=720,
-    cache: "omit-software"
     script:
         "../workflow_scripts/extract_activations.py"
 
@@ -39,17 +30,19 @@ rule extract_crop_vectors:
         predictions=lambda w: predictions_if(config["crops"]["selection"], w.dataset, w.model),
     output:
         directory(result("crops", "{dataset}", "{model}")),
-    params:
-        layers=lambda w: MODELS[w.model]["layers"],
-        crops=config["crops"],
-        device=config["device"],
     log:
         result("logs", "extract_crop_vectors", "{dataset}", "{model}.log"),
+    cache: "omit-software"
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
-    cache: "omit-software"
+    params:
+        layers=lambda w: MODELS[w.model]["layers"],
+        crops=config["crops"],
+        device=config["device"],
     script:
         "../workflow_scripts/extract_crop_vectors.py"
 
@@ -60,14 +53,16 @@ rule build_crop_index:
     output:
         index=result("index", "{dataset}", "{model}", "{layer}.faiss"),
         info=result("index", "{dataset}", "{model}", "{layer}.faiss.json"),
-    params:
-        index=config["index"],
     log:
         result("logs", "build_crop_index", "{dataset}", "{model}", "{layer}.log"),
+    cache: "omit-software"
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=720,
-    cache: "omit-software"
+    params:
+        index=config["index"],
     script:
         "../workflow_scripts/build_crop_index.py"

@@ -81,7 +81,9 @@ def method_pairs(block="concepts"):
 def method_jobs(block="concepts"):
     """(dataset, model, layer) a method runs on (`{block}.layers` picks among each model's layers)."""
     wanted = config[block]["layers"]
-    return [(ds, model, layer) for ds, model in method_pairs(block) for layer in MODELS[model]["layers"] if wanted is None or layer in wanted]
+    return [
+        (ds, model, layer) for ds, model in method_pairs(block) for layer in MODELS[model]["layers"] if wanted is None or layer in wanted
+    ]
 
 
 def concept_pairs():
@@ -96,21 +98,301 @@ def crop_pools(dataset):
     return config["concepts"]["crop_pools"] or [dataset]
 
 
+def method_summaries():
+    """The summarize rule of each method this config runs (its tables are the run's tables)."""
+    enabled = {
+        "summarize_models": True,
+        "summarize_concepts": bool(concept_jobs()),
+        "summarize_contrast": bool(method_jobs("contrast")),
+        "summarize_cladec": bool(method_jobs("cladec")),
+        "summarize_nave": bool(method_pairs("nave")),
+        "summarize_dora": bool(config["dora"]["models"]),
+        "summarize_cluscam": bool(config["cluscam"]["models"]),
+    }
+    return [name for name, on in enabled.items() if on]
+
+
 def all_targets():
-    targets = [result("tables", "models.csv")]
+    """Every store of every explained model, every method's tables, the report's pages and front page."""
+    targets = []
     for ds, model in explained_pairs():
         targets += [result("activations", ds, model), result("crops", ds, model)]
         targets += [result("index", ds, model, f"{layer}.faiss") for layer in MODELS[model]["layers"]]
-    if concept_jobs():
-        targets.append(result("tables", "concepts_prediction_test.csv"))
-    if method_jobs("contrast"):
-        targets.append(result("tables", "contrast_shifting_test.csv"))
-    if method_jobs("cladec"):
-        targets.append(result("tables", "cladec_layers.csv"))
-    if method_pairs("nave"):
-        targets.append(result("tables", "nave_object_extraction.csv"))
-    if config["dora"]["models"]:
-        targets.append(result("tables", "dora_mantel.csv"))
-    if config["cluscam"]["models"]:
-        targets.append(result("tables", "cluscam_faithfulness.csv"))
-    return targets
+    return targets + report_targets()
+
+
+# ---- activations (helpers of rules/activations.smk) -------------------------------------------------
+
+
+def selection_of(model):
+    return MODELS[model]["selection"] or config["activations"]["selection"]
+
+
+def predictions_if(selection, dataset, model):
+    """The predictions a selection by predicted class reads (nothing otherwise)."""
+    return [result("predictions", dataset, f"{model}.parquet")] if selection["by"] == "prediction" else []
+
+
+# ---- concepts (helpers of rules/concepts.smk) ----------------------------------------------------
+
+
+def concept_settings():
+    """The `concepts` keys that determine the NMF concepts (not the crops or the test)."""
+    keys = ("classes", "split", "max_images", "max_vectors", "n_concepts", "sweep", "attribution", "attribution_options", "batch_size")
+    return {key: config["concepts"][key] for key in keys}
+
+
+def crop_settings():
+    keys = ("crop_pools", "top_m", "one_per_image", "stitch_size", "max_figures", "n_concepts", "sweep")
+    return {key: config["concepts"][key] for key in keys}
+
+
+def pool_inputs(w):
+    pools = crop_pools(w.dataset)
+    return {
+        "pool_data": [dataset_dir(ds) for ds in pools],
+        "pool_crops": [result("crops", ds, w.model) for ds in pools],
+        "pool_index": [result("index", ds, w.model, f"{w.layer}.faiss") for ds in pools],
+        "pool_predictions": [result("predictions", ds, f"{w.model}.parquet") for ds in pools],
+    }
+
+
+# ---- contrast (helpers of rules/contrast.smk) ----------------------------------------------------
+
+
+def contrast_settings(*keys):
+    return {key: config["contrast"][key] for key in keys}
+
+
+# ---- cladec (helpers of rules/cladec.smk) ------------------------------------------------------
+
+
+def cladec_training_settings():
+    return {key: config["cladec"][key] for key in ("max_images", "epochs", "lr", "batch_size")}
+
+
+def cladec_jobs():
+    return method_jobs("cladec")
+
+
+def cladec_sweep_layers(model):
+    """The layers of a model where the sweep, the untrained classifier and the subsets run."""
+    layers = [layer for ds, m, layer in cladec_jobs() if m == model]
+    wanted = config["cladec"]["sweep"]["layers"]
+    if wanted is None:
+        return layers[-1:]
+    return [layer for layer in layers if layer in wanted]
+
+
+def main_variant():
+    return f"cladec_a{config['cladec']['alpha']:g}"
+
+
+def cladec_variants(model, layer):
+    """Reconstructors of one model x layer: the RefAE and the main decoder, plus the sweep's."""
+    opts = config["cladec"]
+    variants = ["refae", main_variant()]
+    if layer in cladec_sweep_layers(model):
+        variants += [f"cladec_a{alpha:g}" for alpha in opts["sweep"]["alphas"] if f"cladec_a{alpha:g}" not in variants]
+        variants += ["cladec_untrained"] if opts["untrained"] else []
+        variants += [f"cladec_c{k}" for k in opts["subsets"]]
+    return variants
+
+
+def variant_spec(variant):
+    """What a variant name means: kind, alpha, channels, untrained."""
+    if variant == "refae":
+        return {"kind": "refae", "alpha": None, "channels": None, "untrained": False}
+    alpha = config["cladec"]["alpha"]
+    if variant.startswith("cladec_a"):
+        alpha = float(variant[len("cladec_a") :])
+    channels = [0, int(variant[len("cladec_c") :])] if variant.startswith("cladec_c") else None
+    return {"kind": "cladec", "alpha": alpha, "channels": channels, "untrained": variant == "cladec_untrained"}
+
+
+def cladec_eval_train(model):
+    """How C_eval trains: the model's own `train` block, with the keys `cladec.eval_train` sets."""
+    return {**MODELS[model]["train"], **{k: v for k, v in config["cladec"]["eval_train"].items() if v is not None}}
+
+
+def cladec_dir(*parts):
+    return result("cladec", "{dataset}", "{model}", "{layer}", *parts)
+
+
+def cladec_evaluations():
+    return [
+        result("cladec", ds, model, layer, variant, "evaluation.json")
+        for ds, model, layer in cladec_jobs()
+        for variant in cladec_variants(model, layer)
+    ]
+
+
+# ---- nave (helpers of rules/nave.smk) --------------------------------------------------------
+from conceptscope.config import nave_layer_sets
+
+
+def nave_pairs():
+    return method_pairs("nave")
+
+
+def nave_set_name(layers):
+    return "+".join(layers)
+
+
+NAVE_SETS = {nave_set_name(s): s for _, m in nave_pairs() for s in nave_layer_sets(config, m)}
+
+
+def nave_sets(model):
+    return [nave_set_name(s) for s in nave_layer_sets(config, model)]
+
+
+def nave_settings():
+    """(K, clustering) of every image-wise run; the first is the one figures show."""
+    return [(k, c) for k in config["nave"]["k"] for c in config["nave"]["clustering"]]
+
+
+def nave_baselines():
+    opts = config["nave"]["baselines"]
+    names = [f"slic_k{k}" for k in config["nave"]["k"]] if opts["slic"]["enabled"] else []
+    return names + (["felzenszwalb"] if opts["felzenszwalb"]["enabled"] else [])
+
+
+def baseline_spec(name):
+    """A baseline name as (method, options)."""
+    opts = config["nave"]["baselines"]
+    if name.startswith("slic_k"):
+        return "slic", {
+            "n_segments": int(name[len("slic_k") :]),
+            "compactness": opts["slic"]["compactness"],
+            "sigma": opts["slic"]["sigma"],
+        }
+    return "felzenszwalb", {key: opts["felzenszwalb"][key] for key in ("scale", "sigma", "min_size")}
+
+
+def nave_dir(*parts):
+    return result("nave", "{dataset}", "{model}", *parts)
+
+
+def nave_inputs(w):
+    return {"data": dataset_dir(w.dataset), "info": model_files(w.model)["info"], "store": result("activations", w.dataset, w.model)}
+
+
+def first_imagewise(*name):
+    k, clustering = nave_settings()[0]
+    return nave_dir("{layers}", f"k{k}_{clustering}", *name)
+
+
+def nave_figure_inputs(w):
+    k, clustering = nave_settings()[0]
+    runs = [(f"NAVE {name} K={k}", result("nave", w.dataset, w.model, name, f"k{k}_{clustering}")) for name in nave_sets(w.model)]
+    runs += [(b, result("nave", w.dataset, w.model, "baselines", b)) for b in nave_baselines() if b in (f"slic_k{k}", "felzenszwalb")]
+    return runs
+
+
+def nave_runs():
+    """Every scored segmentation: (boxes.csv, the table row's identity)."""
+    runs = []
+    for ds, model in nave_pairs():
+        spec = MODELS[model]
+        base = {"model": model, "weights": spec["weights"], "train_dataset": spec["train_dataset"] or "", "dataset": ds}
+        for name in nave_sets(model):
+            for k, clustering in nave_settings():
+                runs.append(
+                    (
+                        result("nave", ds, model, name, f"k{k}_{clustering}", "boxes.csv"),
+                        {**base, "layers": name, "method": "nave", "clustering": clustering, "k": k},
+                    )
+                )
+            if config["nave"]["classwide"]["enabled"]:
+                cw = config["nave"]["classwide"]
+                runs.append(
+                    (
+                        result("nave", ds, model, name, "classwide", "boxes.csv"),
+                        {**base, "layers": name, "method": "nave_classwide", "clustering": cw["clustering"], "k": cw["k"]},
+                    )
+                )
+        for b in nave_baselines():
+            method, options = baseline_spec(b)
+            runs.append(
+                (
+                    result("nave", ds, model, "baselines", b, "boxes.csv"),
+                    {**base, "layers": "", "method": method, "clustering": "", "k": options.get("n_segments", "")},
+                )
+            )
+    return runs
+
+
+# ---- dora (helpers of rules/dora.smk) --------------------------------------------------------
+from conceptscope.config import dora_layers, dora_pairs
+
+
+def dora_jobs():
+    return [(ds, m, layer) for ds, m in dora_pairs(config) for layer in dora_layers(config, m)]
+
+
+def dora_dir(*parts):
+    return result("dora", "{dataset}", "{model}", "{rep_layer}", *parts)
+
+
+def dora_analysis_inputs(w):
+    inputs = {"representations": dora_dir("representations.npz"), "distances": dora_dir("distances.npz")}
+    if config["dora"]["sams"]["enabled"]:
+        inputs["sams"] = dora_dir("sams.npz")
+    return {key: path.format(**dict(w.items())) for key, path in inputs.items()}
+
+
+# ---- cluscam (helpers of rules/cluscam.smk) -----------------------------------------------------
+from conceptscope.config import cluscam_layers, cluscam_pairs
+
+
+def cluscam_jobs():
+    return [(ds, m, layer) for ds, m in cluscam_pairs(config) for layer in cluscam_layers(config, m)]
+
+
+def cluscam_dir(*parts):
+    return result("cluscam", "{dataset}", "{model}", "{cam_layer}", *parts)
+
+
+def cluscam_options(method):
+    """A method's keyword arguments from the config (ClusCAM's and RISE's settings, the seed)."""
+    opts = config["cluscam"]
+    if method == "cluscam":
+        return dict(opts["cluscam"], seed=config["seed"])
+    if method == "rise":
+        return dict(opts["rise"], seed=config["seed"])
+    return {}
+
+
+def cluscam_limit(method):
+    opts = config["cluscam"]
+    return opts["costly"]["max_images"] if method in opts["costly"]["methods"] else opts["max_images"]
+
+
+def cluscam_sweeps():
+    sweep = config["cluscam"]["sweep"]
+    return cluscam_jobs() if sweep["n_clusters"] or sweep["temperature"] else []
+
+
+# ---- report (helpers of rules/report.smk) ------------------------------------------------------
+import yaml
+
+TABLE_PAGES = yaml.safe_load(Path(workflow.basedir, "report", "tables.yaml").read_text())
+
+
+def run_tables():
+    """Stems of the tables under tables/ that this run writes (outputs of the enabled summarize rules)."""
+    names = [Path(path).stem for rule in method_summaries() for path in getattr(rules, rule).output if str(path).endswith(".csv")]
+    missing = sorted(set(names) - set(TABLE_PAGES))
+    if missing:
+        raise WorkflowError(f"report/tables.yaml has no caption for the table(s) {', '.join(missing)}")
+    return names
+
+
+def report_targets():
+    return [result("report", "front.rst")] + [result("report", "tables", f"{name}.html") for name in run_tables() + ["shortcut_summary"]]
+
+
+def front_page_path():
+    """The front page the run wrote (accuracies and shortcut findings), else the static one."""
+    written = Path(result("report", "front.rst")).resolve()
+    return str(written) if written.exists() else str(Path(workflow.basedir, "report", "workflow.rst"))

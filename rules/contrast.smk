@@ -2,12 +2,6 @@
 # the shifting test (Table 3) and contrast concepts shown and tested like class concepts. The
 # attribution pass, the training and the tests are separate jobs: changing the shifting test's
 # offsets or the concept pairs retrains nothing.
-
-
-def contrast_settings(*keys):
-    return {key: config["contrast"][key] for key in keys}
-
-
 rule extract_contrast_vectors:
     input:
         unpack(lambda w: {"data": dataset_dir(w.dataset), **model_files(w.model)}),
@@ -15,16 +9,18 @@ rule extract_contrast_vectors:
     output:
         vectors=directory(result("contrast", "{dataset}", "{model}", "{layer}", "vectors.zarr")),
         classes=result("contrast", "{dataset}", "{model}", "{layer}", "vectors.csv"),
-    params:
-        contrast=contrast_settings("classes", "split", "max_images", "cutoff", "attribution", "attribution_options", "batch_size"),
-        seed=config["seed"],
-        device=config["device"],
     log:
         result("logs", "extract_contrast_vectors", "{dataset}", "{model}", "{layer}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
+    params:
+        contrast=contrast_settings("classes", "split", "max_images", "cutoff", "attribution", "attribution_options", "batch_size"),
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../workflow_scripts/extract_contrast_vectors.py"
 
@@ -35,16 +31,18 @@ rule train_contrast_hyperplanes:
     output:
         hyperplanes=directory(result("contrast", "{dataset}", "{model}", "{layer}", "hyperplanes.zarr")),
         pairs=result("contrast", "{dataset}", "{model}", "{layer}", "pairs.parquet"),
-    params:
-        contrast=contrast_settings("epochs", "lr", "ordered", "chunk_pairs"),
-        seed=config["seed"],
-        device=config["device"],
     log:
         result("logs", "train_contrast_hyperplanes", "{dataset}", "{model}", "{layer}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
+    params:
+        contrast=contrast_settings("epochs", "lr", "ordered", "chunk_pairs"),
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../workflow_scripts/train_contrast_hyperplanes.py"
 
@@ -56,18 +54,20 @@ rule run_shifting_test:
         hyperplanes=result("contrast", "{dataset}", "{model}", "{layer}", "hyperplanes.zarr"),
     output:
         directory(result("contrast", "{dataset}", "{model}", "{layer}", "shifting")),
+    log:
+        result("logs", "run_shifting_test", "{dataset}", "{model}", "{layer}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
     params:
         shift=config["contrast"]["shift"],
         split=config["contrast"]["split"],
         batch_size=config["contrast"]["batch_size"],
         seed=config["seed"],
         device=config["device"],
-    log:
-        result("logs", "run_shifting_test", "{dataset}", "{model}", "{layer}.log"),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=720,
     script:
         "../workflow_scripts/run_shifting_test.py"
 
@@ -80,16 +80,18 @@ rule extract_contrast_concepts:
     output:
         components=result("contrast", "{dataset}", "{model}", "{layer}", "concepts", "components.npz"),
         pairs=result("contrast", "{dataset}", "{model}", "{layer}", "concepts", "pairs.csv"),
-    params:
-        contrast=contrast_settings("split", "max_images", "concept_pairs", "n_concepts", "batch_size"),
-        seed=config["seed"],
-        device=config["device"],
     log:
         result("logs", "extract_contrast_concepts", "{dataset}", "{model}", "{layer}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=720,
+    params:
+        contrast=contrast_settings("split", "max_images", "concept_pairs", "n_concepts", "batch_size"),
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../workflow_scripts/extract_contrast_concepts.py"
 
@@ -100,18 +102,27 @@ rule contrast_crops:
         unpack(pool_inputs),
         components=result("contrast", "{dataset}", "{model}", "{layer}", "concepts", "components.npz"),
     output:
-        directory(result("contrast", "{dataset}", "{model}", "{layer}", "concepts", "crops")),
+        report(
+            directory(result("contrast", "{dataset}", "{model}", "{layer}", "concepts", "crops")),
+            caption="../report/captions/contrast_crops.rst",
+            category="3. Class contrasting",
+            subcategory="{model}",
+            labels={"figure": "contrast concepts {figure}", "dataset": "{dataset}", "layer": "{layer}"},
+            patterns=["figures/{figure}.png"],
+        ),
+    log:
+        result("logs", "contrast_crops", "{dataset}", "{model}", "{layer}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
     params:
         concepts={**crop_settings(), "n_concepts": config["contrast"]["n_concepts"], "sweep": []},
         pools=lambda w: crop_pools(w.dataset),
         grids=config["crops"]["grids"],
         device=config["device"],
-    log:
-        result("logs", "contrast_crops", "{dataset}", "{model}", "{layer}.log"),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=720,
     script:
         "../workflow_scripts/concept_crops.py"
 
@@ -128,13 +139,22 @@ rule summarize_contrast:
         pairs=result("tables", "contrast_pairs.csv"),
         tests=result("tables", "contrast_prediction_test.csv"),
         watermark=result("tables", "contrast_watermark.csv"),
-        offsets=directory(result("figures", "contrast_shifting")),
+        offsets=report(
+            directory(result("figures", "contrast_shifting")),
+            caption="../report/captions/contrast_shifting.rst",
+            category="3. Class contrasting",
+            subcategory="{model}",
+            labels={"figure": "shifting test", "dataset": "{dataset}", "layer": "all layers"},
+            patterns=[f"{{dataset,{_alternatives(DATASETS)}}}_{{model,{_alternatives(MODELS)}}}.png"],
+        ),
+    log:
+        result("logs", "summarize_contrast.log"),
+    localrule: True
+    conda:
+        "../envs/conceptscope.yaml"
     params:
         jobs=[{"dataset": ds, "model": model, "layer": layer} for ds, model, layer in method_jobs("contrast")],
         n_concepts=config["contrast"]["n_concepts"],
-        results=RESULTS,
         shortcut_classes={ds: (spec["shortcut"] or {}).get("class") for ds, spec in DATASETS.items()},
-    log:
-        result("logs", "summarize_contrast.log"),
     script:
         "../workflow_scripts/summarize_contrast.py"

@@ -7,17 +7,19 @@ rule train_model:
     output:
         **model_files("{model}"),
         log_csv=result("models", "{model}", "train_log.csv"),
-    params:
-        spec=lambda w: model_params(w.model),
-        device=config["device"],
-    wildcard_constraints:
-        model=_alternatives(TRAINED),
     log:
         result("logs", "train_model", "{model}.log"),
+    wildcard_constraints:
+        model=_alternatives(TRAINED),
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        spec=lambda w: model_params(w.model),
+        device=config["device"],
     script:
         "../workflow_scripts/train_model.py"
 
@@ -25,34 +27,38 @@ rule train_model:
 rule import_model:
     output:
         **model_files("{model}"),
-    params:
-        spec=lambda w: model_params(w.model),
-    wildcard_constraints:
-        model=_alternatives(IMPORTED),
     log:
         result("logs", "import_model", "{model}.log"),
+    wildcard_constraints:
+        model=_alternatives(IMPORTED),
+    conda:
+        "../envs/conceptscope.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=lambda w: model_params(w.model),
     script:
         "../workflow_scripts/import_model.py"
 
 
 rule predict:
     input:
-        data=dataset_dir("{dataset}"),
         **model_files("{model}"),
+        data=dataset_dir("{dataset}"),
     output:
         result("predictions", "{dataset}", "{model}.parquet"),
-    params:
-        predict=config["predict"],
-        device=config["device"],
     log:
         result("logs", "predict", "{dataset}", "{model}.log"),
+    conda:
+        "../envs/conceptscope.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        predict=config["predict"],
+        device=config["device"],
     script:
         "../workflow_scripts/predict.py"
 
@@ -62,10 +68,13 @@ rule summarize_models:
         predictions=[result("predictions", ds, f"{model}.parquet") for ds, model in eval_pairs()],
     output:
         result("tables", "models.csv"),
+    log:
+        result("logs", "summarize_models.log"),
+    localrule: True
+    conda:
+        "../envs/conceptscope.yaml"
     params:
         pairs=[{"dataset": ds, "model": model, "train_dataset": MODELS[model]["train_dataset"]} for ds, model in eval_pairs()],
         shortcut_classes={ds: (spec["shortcut"] or {}).get("class") for ds, spec in DATASETS.items()},
-    log:
-        result("logs", "summarize_models.log"),
     script:
         "../workflow_scripts/summarize_models.py"

@@ -6,6 +6,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# The report's browser test renders it in Debian's Chromium (no browser download at run time).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+            || echo "install.sh: could not install chromium + chromium-driver; the report's browser test will be skipped" >&2
+    else
+        echo "install.sh: chromium + chromium-driver missing (apt-get install chromium chromium-driver as root); the report's browser test will be skipped" >&2
+    fi
+fi
 python="${PYTHON:-python3}"
 extras="${CONCEPTSCOPE_EXTRAS:-test}"
 stamp=".venv/.conceptscope-install"

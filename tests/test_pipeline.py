@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,9 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
     (workdir / "config.yaml").write_text(yaml.safe_dump(extended))
     model_jobs = {"train_model": 1, "predict": 1, "extract_activations": 1, "extract_crop_vectors": 1, "build_crop_index": 1, "summarize_models": 1,
                   "extract_concepts": 1, "concept_crops": 1, "summarize_concepts": 1, "extract_contrast_vectors": 1, "train_contrast_hyperplanes": 1,
-                  "run_shifting_test": 1, "extract_contrast_concepts": 1, "contrast_crops": 1, "summarize_contrast": 1, "all": 1}
+                  "run_shifting_test": 1, "extract_contrast_concepts": 1, "contrast_crops": 1, "summarize_contrast": 1, "all": 1,
+                  # the report's pages of the tables that change (models 1, concepts 2, contrast 4) and the shortcut summary (+1)
+                  "render_table_page": 8, "summarize_shortcut": 1}
     try:
         assert planned_jobs(workdir) == model_jobs
         changed = yaml.safe_load(yaml.safe_dump(config))
@@ -87,7 +90,8 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
                        "summarize_cladec": 1}
         # its NAVE segments, class-wide clusters and figure; the baselines list the images of its store
         nave_jobs = {"segment_nave": 1, "segment_baseline": 2, "nave_classwide": 1, "nave_figure": 1, "summarize_nave": 1}
-        assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs, **nave_jobs}
+        # and the report pages of the ClaDec (6) and NAVE (2) tables as well
+        assert planned_jobs(workdir) == {**model_jobs, **cladec_jobs, **nave_jobs, "render_table_page": 8 + 6 + 2}
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -152,7 +156,10 @@ def test_changing_one_stage_parameter_schedules_only_that_stage(finished_run):
         expected = {"all": 1}
         for i in group:
             expected.update(cases[i][3])
+        # the report follows every table: the changed stage's table pages and the shortcut summary
+        report = {rule: plan.pop(rule, 0) for rule in ("render_table_page", "summarize_shortcut")}
         assert plan == expected, [cases[i][:2] for i in group]
+        assert report["summarize_shortcut"] == 1 and report["render_table_page"] >= 2, report
 
 
 def test_stores_of_the_tiny_run_are_complete_and_readable(finished_run):
@@ -449,3 +456,68 @@ def test_cluscam_tables_maps_and_figure(finished_run):
     assert all(s["maps"].shape == (3, 28, 28) and 0 <= s["maps"].min() and s["maps"].max() <= 1 for s in stored_maps)
     with Image.open(results / "figures" / "cluscam" / "digits_shortcut" / "vgg_shortcut" / "features.3.png") as figure:
         assert figure.width > 7 * 112 and figure.height > 3 * 112
+
+
+def _report_figures(results) -> set:
+    """Every PNG figure the tiny run wrote: figures/ and the concept and contrast crop figures."""
+    return {p for p in results.rglob("*.png") if "figures" in p.relative_to(results).parts}
+
+
+def test_shortcut_summary_reads_each_method_from_its_table(finished_run):
+    from conceptscope.report import read_tables, shortcut_pairs, shortcut_summary
+
+    workdir, config = finished_run
+    tables = read_tables(sorted((workdir / "results" / "tables").glob("*.csv")))
+    # the tiny run has no same-architecture twin of vgg_shortcut (its table is empty); a clean VGG would be one
+    assert shortcut_pairs(config["models"], config["datasets"]) == []
+    twin = {"arch": "vgg_small", "train_dataset": "digits", "eval_datasets": ["digits_shortcut"]}
+    assert shortcut_pairs({**config["models"], "vgg_clean": twin}, config["datasets"]) == [("vgg_shortcut", "vgg_clean", "digits_shortcut")]
+    written = pd.read_csv(workdir / "results" / "tables" / "shortcut_summary.csv")
+    assert list(written.columns) == ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model"]
+    # across architectures, to read every measure from the real tables (the VGG is the one with the shortcut)
+    summary = shortcut_summary(tables, [("vgg_shortcut", "resnet_clean", "digits_shortcut")])
+    by = summary.set_index(["method", "measure", "layer"])
+    models = tables["models"].set_index(["model", "split"])
+    rate = by.xs("prediction", level="method").iloc[0]
+    assert rate.shortcut_model == pytest.approx(models.loc[("vgg_shortcut", "test_watermarked"), "shortcut_rate"])
+    assert rate.clean_model == pytest.approx(models.loc[("resnet_clean", "test_watermarked"), "shortcut_rate"])
+    cam = tables["cluscam_watermark"].set_index("method")
+    for method in cam.index:
+        row = by.xs(method, level="method").iloc[0]
+        assert row.shortcut_model == pytest.approx(cam.loc[method, "ratio"]) and pd.isna(row.clean_model)
+    # the shortcut class's concepts, each model on its own (the 1-epoch tiny models may have none for it)
+    for column, model in (("shortcut_model", "vgg_shortcut"), ("clean_model", "resnet_clean")):
+        for method in ("concepts", "contrast"):
+            marks = tables[f"{method}_watermark"]
+            expected = marks[(marks.model == model) & marks.shortcut_class.isin([True, "True"])].groupby("layer").share_overlapping_watermark.mean()
+            got = summary[summary.method == method].set_index("layer")[column].dropna()
+            assert got.to_dict() == pytest.approx(expected.to_dict())
+    assert {"prediction", "cladec", "nave", "dora", "cluscam"} <= set(summary.method)
+    # ClaDec: the main decoder (alpha 0 here, not the sweep's 0.9 nor RefAE) of each model's layer
+    cladec = tables["cladec_watermark"].set_index(["model", "variant"])
+    kept = by.xs(("cladec", "watermark kept in the ClaDec reconstruction"), level=("method", "measure"))
+    assert kept.shortcut_model.dropna().tolist() == pytest.approx([cladec.loc[("vgg_shortcut", "cladec_a0"), "watermark_kept"]])
+    assert kept.clean_model.dropna().tolist() == pytest.approx([cladec.loc[("resnet_clean", "cladec_a0"), "watermark_kept"]])
+    probing = tables["dora_probing"]
+    assert by.xs("dora", level="method").shortcut_model.max() == pytest.approx(probing[probing.model == "vgg_shortcut"].probing_auc.max())
+
+
+def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):
+    from conceptscope.report import browser_check
+
+    workdir, _ = finished_run
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (bash scripts/install.sh installs them as root)")
+    run = snakemake(workdir, "--report", "report.html")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = workdir / "results"
+    tables = sorted(p.stem for p in (results / "tables").glob("*.csv"))
+    status = browser_check(workdir / "report.html", screenshots=ROOT / "test-artifacts" / "report")
+    assert status["failures"] == []
+    # every figure and every table of the run is in the report, and each displays in the browser
+    assert status["figures"] == status["figures_loaded"] == len(_report_figures(results))
+    assert status["pages"] == status["pages_loaded"] == len(tables) and "shortcut_summary" in tables
+    assert status["captions"] == status["results"]
+    front = status["front_page_text"]
+    assert "The planted shortcut, method by method" in front and "vgg_shortcut" in front and "Accuracy" in front
+    assert (ROOT / "test-artifacts" / "report" / "front_page.png").stat().st_size > 10_000

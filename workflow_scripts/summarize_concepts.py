@@ -41,7 +41,7 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
         continue
     crops = pd.read_parquet(folder / "top_crops.parquet")
     crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)]
-    shares = watermark_summary(crops, Path(sm.params.results) / "data", ["class", "n_concepts", "concept"])
+    shares = watermark_summary(crops, Path(sm.input.data[0]).parent, ["class", "n_concepts", "concept"])
     for record in shares.to_dict("records"):
         marks.append({**job, **record, "class": int(record["class"]), "n_concepts": int(record["n_concepts"]),
                       "concept": int(record["concept"]) + 1, "shortcut_class": int(record["class"]) == int(shortcut)})

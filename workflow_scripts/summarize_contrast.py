@@ -67,7 +67,7 @@ for job, shifting, pairs_file, planes, crops_dir in zip(sm.params.jobs, sm.input
         crops = pd.read_parquet(crops_dir / "top_crops.parquet")
         crops = crops[crops["variant"] == "allowed"]
         if len(crops):
-            shares = watermark_summary(crops, Path(sm.params.results) / "data", ["class", "against", "n_concepts", "concept"])
+            shares = watermark_summary(crops, Path(sm.input.data[0]).parent, ["class", "against", "n_concepts", "concept"])
             shares["concept"] += 1
             shares["shortcut_class"] = shares["class"] == int(shortcut)
             marks.append(shares.assign(**job))

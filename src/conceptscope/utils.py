@@ -8,23 +8,28 @@ import os
 import platform
 import random
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
+
+# torch is imported where it is used: table and report jobs need these helpers without paying for it
 
 
 def float32_array(array) -> np.ndarray:
     """A tensor or array-like as a float32 NumPy array (detached, on the CPU)."""
-    if isinstance(array, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     return np.asarray(array, dtype=np.float32)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` -> CUDA when available, else CPU; `cuda` fails clearly when no GPU is present."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -34,6 +39,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -45,8 +52,10 @@ def set_threads(threads: int | None) -> None:
     if threads:
         from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(max(1, int(threads)))
         threadpool_limits(limits=max(1, int(threads)))
+        torch = sys.modules.get("torch")  # a job that has not imported torch does not use it
+        if torch is not None:
+            torch.set_num_threads(max(1, int(threads)))
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -99,6 +108,7 @@ def _json_default(obj: Any) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape numerical results, for provenance attributes."""
+    import torch
     import torchvision
 
     versions = {

@@ -1,0 +1,319 @@
+"""The run's report: the cross-method planted-shortcut summary, tables as HTML pages, the front page.
+
+Every method measures the planted shortcut (a watermark on the training images of one class) in its
+own way; `SHORTCUT_MEASURES` reads each from the method's table, and `shortcut_summary` sets the
+shortcut-trained model beside its clean twin (same architecture, trained on the clean images,
+evaluated on the same watermarked test images) - the `shortcut_summary.csv` of ../shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+MEASURE_COLUMNS = ["model", "dataset", "layer", "method", "measure", "value"]
+
+
+def shortcut_pairs(models: dict, datasets: dict) -> list[tuple[str, str, str]]:
+    """(shortcut model, clean twin, shortcut dataset) for every twin pair in a resolved config.
+
+    A shortcut model is trained on a dataset with a `shortcut`; its clean twins have the same `arch`,
+    a training set without one, and the shortcut dataset among their evaluation datasets.
+    """
+    pairs = []
+    for name, spec in models.items():
+        train = spec.get("train_dataset")
+        if not train or not (datasets.get(train) or {}).get("shortcut"):
+            continue
+        for twin, other in models.items():
+            other_train = other.get("train_dataset")
+            if (twin != name and other.get("arch") == spec.get("arch") and other_train
+                    and not (datasets.get(other_train) or {}).get("shortcut")
+                    and train in (other.get("eval_datasets") or [])):
+                pairs.append((name, twin, train))
+    return pairs
+
+
+def _measure(frame: pd.DataFrame, method: str, measure: str, value: pd.Series, layer: pd.Series | str = "") -> pd.DataFrame:
+    out = pd.DataFrame({"model": frame["model"].to_numpy(), "dataset": frame["dataset"].to_numpy()})
+    out["layer"] = layer.to_numpy() if isinstance(layer, pd.Series) else layer
+    out["method"], out["measure"], out["value"] = method, measure, value.to_numpy(dtype=float)
+    return out
+
+
+def _prediction(tables: dict) -> pd.DataFrame:
+    frame = tables["models"]
+    frame = frame[(frame["split"] == "test_watermarked") & frame["shortcut_rate"].notna()]
+    return _measure(frame, "prediction", "watermarked test images of other classes predicted as the shortcut class",
+                    frame["shortcut_rate"])
+
+
+def _crops_on_watermark(table: str, method: str) -> Callable[[dict], pd.DataFrame]:
+    def read(tables: dict) -> pd.DataFrame:
+        frame = tables[table]
+        frame = frame[frame["shortcut_class"].isin([True, "True", "true", 1])]  # the concepts of the shortcut class
+        frame = frame.groupby(["model", "dataset", "layer"], as_index=False)["share_overlapping_watermark"].mean()
+        return _measure(frame, method, "top crops of the shortcut class's concepts overlapping the watermark",
+                        frame["share_overlapping_watermark"], frame["layer"])
+    return read
+
+
+def _cladec(tables: dict) -> pd.DataFrame:
+    # the main decoder of each layer: the variant of the alpha that cladec_layers reports
+    main = tables["cladec_layers"][["model", "dataset", "layer", "alpha"]].drop_duplicates()
+    main["variant"] = [f"cladec_a{alpha:g}" for alpha in main["alpha"]]
+    frame = tables["cladec_watermark"].merge(main[["model", "dataset", "layer", "variant"]], on=["model", "dataset", "layer", "variant"])
+    return pd.concat([
+        _measure(frame, "cladec", "watermark kept in the ClaDec reconstruction", frame["watermark_kept"], frame["layer"]),
+        _measure(frame, "cladec", "reconstruction error inside the watermark box", frame["box_error"], frame["layer"]),
+    ])
+
+
+def _nave(tables: dict) -> pd.DataFrame:
+    frame = tables["nave_watermark"]
+    parts = []
+    for (method, clustering, k, strategy), part in frame.groupby(["method", "clustering", "k", "strategy"], sort=False):
+        name = f"images where a segment's {strategy} box covers the watermark (IoU >= 0.5; {method}, {clustering}, K={k})"
+        parts.append(_measure(part, "nave", name, part["covered_rate"], part["layers"]))
+    return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
+
+
+def _dora(tables: dict) -> pd.DataFrame:
+    frame = tables["dora_probing"]
+    best = frame.groupby(["model", "dataset", "layer"], as_index=False)["probing_auc"].max()
+    flagged = frame[(frame["distance"] == "ea_n") & (frame["mode"] == "layerwise")]
+    flagged = flagged.groupby(["model", "dataset", "layer"], as_index=False)["flagged"].mean()
+    return pd.concat([
+        _measure(best, "dora", "best probing AUC of a representation (watermarked vs clean twins)", best["probing_auc"], best["layer"]),
+        _measure(flagged, "dora", "top probing representations flagged as outliers (EA_n layer-wise, all detectors)",
+                 flagged["flagged"], flagged["layer"]),
+    ])
+
+
+def _cluscam(tables: dict) -> pd.DataFrame:
+    frame = tables["cluscam_watermark"]
+    parts = [_measure(part, method, "saliency in the watermark box / the box's share of the image", part["ratio"], part["layer"])
+             for method, part in frame.groupby("method", sort=False)]
+    return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
+
+
+# table name(s) each reader needs -> reader; a reader returns rows of MEASURE_COLUMNS
+SHORTCUT_MEASURES: dict[str, tuple[tuple[str, ...], Callable[[dict], pd.DataFrame]]] = {
+    "prediction": (("models",), _prediction),
+    "concepts": (("concepts_watermark",), _crops_on_watermark("concepts_watermark", "concepts")),
+    "contrast": (("contrast_watermark",), _crops_on_watermark("contrast_watermark", "contrast")),
+    "cladec": (("cladec_watermark", "cladec_layers"), _cladec),
+    "nave": (("nave_watermark",), _nave),
+    "dora": (("dora_probing",), _dora),
+    "cluscam": (("cluscam_watermark",), _cluscam),
+}
+
+
+def shortcut_summary(tables: dict[str, pd.DataFrame], pairs: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """One row per shortcut model x method x measure x layer: its value beside its clean twin's.
+
+    `tables` maps a table name (file stem under tables/) to its frame; methods whose tables are
+    missing or empty are left out. Columns: model, clean_twin, dataset, method, measure, layer,
+    shortcut_model, clean_model.
+    """
+    columns = ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model"]
+    measures = []
+    for names, read in SHORTCUT_MEASURES.values():
+        if all(name in tables and len(tables[name]) for name in names):
+            measures.append(read(tables))
+    if not measures or not pairs:
+        return pd.DataFrame(columns=columns)
+    measures = pd.concat(measures, ignore_index=True)
+    measures["layer"] = measures["layer"].fillna("").astype(str)
+    rows = []
+    for shortcut, clean, dataset in pairs:
+        mine = measures[(measures["model"] == shortcut) & (measures["dataset"] == dataset)]
+        theirs = measures[(measures["model"] == clean) & (measures["dataset"] == dataset)]
+        merged = mine.merge(theirs, on=["dataset", "method", "measure", "layer"], how="outer", suffixes=("", "_clean"), sort=False)
+        for row in merged.itertuples(index=False):
+            rows.append({"model": shortcut, "clean_twin": clean, "dataset": dataset, "method": row.method,
+                         "measure": row.measure, "layer": row.layer, "shortcut_model": row.value, "clean_model": row.value_clean})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def table_page(frame: pd.DataFrame, title: str, caption: str, query: str | None = None, max_rows: int = 2000,
+               float_digits: int = 4) -> str:
+    """A self-contained HTML page showing one table (sortable by clicking a column header).
+
+    `query` (a pandas query, e.g. "rank <= 10") and `max_rows` keep long tables readable in a browser;
+    the page says how many of the table's rows it shows.
+    """
+    total = len(frame)
+    if query:
+        frame = frame.query(query)
+    shown = frame.head(max_rows)
+    note = f"{len(shown)} of {total} rows" + (f" (those with {query})" if query else "") if len(shown) < total else f"{total} rows"
+    body = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{float_digits}g}", border=0, classes="table")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1rem; color: #222; }}
+p.caption {{ max-width: 60rem; }}
+table.table {{ border-collapse: collapse; font-size: 0.85rem; }}
+table.table th, table.table td {{ padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }}
+table.table th {{ background: #f4f4f4; cursor: pointer; position: sticky; top: 0; }}
+table.table tr:hover td {{ background: #fafae0; }}
+</style></head>
+<body><h2>{html.escape(title)}</h2><p class="caption">{html.escape(caption)}</p>
+<p>{html.escape(note)}; click a column header to sort.</p>
+{body}
+<script>
+document.querySelectorAll("table.table th").forEach((th, col) => th.addEventListener("click", () => {{
+  const tbody = th.closest("table").tBodies[0];
+  const rows = Array.from(tbody.rows);
+  const asc = th.dataset.asc !== "1"; th.dataset.asc = asc ? "1" : "0";
+  const key = r => {{ const t = r.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; }};
+  rows.sort((a, b) => {{ const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); }});
+  rows.forEach(r => tbody.appendChild(r));
+}}));
+</script></body></html>
+"""
+
+
+def _rst_table(frame: pd.DataFrame) -> str:
+    """A reStructuredText list-table of a frame (strings as shown)."""
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for i, row in enumerate([list(frame.columns)] + frame.astype(str).values.tolist()):
+        for j, cell in enumerate(row):
+            cell = str(cell).replace("\n", " ") or " "
+            lines.append(f"   {'* -' if j == 0 else '  -'} {cell}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "" if pd.isna(value) else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, tables: list[str]) -> str:
+    """The report's front page (reStructuredText): what ran, the accuracies, the shortcut findings side by side."""
+    models = config["models"]
+    lines = ["conceptscope run", "================", "",
+             "Five concept-explanation methods over one activation store: class concepts and class contrasting, "
+             "ClaDec, NAVE, DORA and ClusCAM (papers: ``../shared/papers``). Each result below has a caption saying "
+             "what it shows and which table or figure of its paper it corresponds to; the categories group them by "
+             "method, the subcategories by model.", "",
+             f"Results directory ``{config['results']}``, seed {config['seed']}, device ``{config['device']}``.", "",
+             "Models", "------", ""]
+    rows = []
+    for name, spec in models.items():
+        rows.append({"model": name, "architecture": spec.get("arch", ""),
+                     "weights": spec.get("weights") or f"trained on {spec.get('train_dataset')}",
+                     "evaluated on": ", ".join(spec.get("eval_datasets") or [spec.get("train_dataset") or ""]),
+                     "layers": ", ".join(spec.get("layers") or [])})
+    lines += [_rst_table(pd.DataFrame(rows)), "", "Datasets: " + ", ".join(
+        f"``{name}`` ({spec['kind']}{', planted shortcut on class ' + str(spec['shortcut']['class']) if spec.get('shortcut') else ''})"
+        for name, spec in config["datasets"].items()), ""]
+    lines += ["Accuracy", "--------", "", "Top-1 on each test split (``tables/models.csv``); shortcut rate: share of the "
+              "watermarked test images of the other classes predicted as the shortcut class.", ""]
+    if len(models_table):
+        shown = models_table[[c for c in ["model", "dataset", "split", "n_images", "top1", "top1_non_shortcut", "shortcut_rate"]
+                              if c in models_table]].copy()
+        for column in shown.columns:
+            shown[column] = shown[column].map(_fmt)
+        lines += [_rst_table(shown), ""]
+    lines += ["The planted shortcut, method by method", "--------------------------------------", ""]
+    if len(summary):
+        lines += ["Each shortcut-trained model beside its clean twin on the same watermarked test images "
+                  "(``tables/shortcut_summary.csv``; one row per measure and layer). A method finds the shortcut "
+                  "where the shortcut model's value departs clearly from the clean twin's.", ""]
+        shown = summary.copy()
+        shown["shortcut_model"] = shown["shortcut_model"].map(_fmt)
+        shown["clean_model"] = shown["clean_model"].map(_fmt)
+        for (model, clean), part in shown.groupby(["model", "clean_twin"], sort=False):
+            lines += [f"**{model}** (shortcut) vs **{clean}** (clean twin):", "",
+                      _rst_table(part[["method", "measure", "layer", "shortcut_model", "clean_model"]].rename(
+                          columns={"shortcut_model": model, "clean_model": clean})), ""]
+    else:
+        lines += ["No shortcut-trained model with a clean twin in this run.", ""]
+    lines += ["Tables", "------", "", "Every table of the run, each a page of the report: " + ", ".join(f"``{t}``" for t in tables) + ".", ""]
+    return "\n".join(lines)
+
+
+def read_tables(paths: list[str | Path]) -> dict[str, pd.DataFrame]:
+    """Tables by file stem; an empty CSV (header only) reads as an empty frame."""
+    return {Path(path).stem: pd.read_csv(path) for path in paths}
+
+
+def browser_check(report: str | Path, screenshots: str | Path | None = None, timeout: float = 60.0,
+                  chromium: str = "/usr/bin/chromium", chromedriver: str = "/usr/bin/chromedriver") -> dict:
+    """Open a Snakemake HTML report in headless Chromium and display every result the way its viewer does.
+
+    Each figure must decode (an <img> with a natural width) and each HTML page (the table pages) must
+    load in the viewer's frame; returns counts and the failures, and, with `screenshots`, saves the
+    front page, the first figure and the first table page there as PNG. Needs `selenium` and Debian's
+    `chromium` + `chromium-driver` (nothing is downloaded).
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    report = Path(report).resolve()
+    for path, what in ((report, "report"), (Path(chromium), "chromium"), (Path(chromedriver), "chromedriver")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1800,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    shots = Path(screenshots) if screenshots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+    try:
+        driver.set_page_load_timeout(timeout)
+        driver.get(report.as_uri())
+        wait = WebDriverWait(driver, timeout)
+        wait.until(lambda d: d.execute_script("return typeof app !== 'undefined' && document.querySelector('#app').innerText.length > 0"))
+        front = driver.execute_script("return document.querySelector('#app').innerText")
+        if shots:
+            driver.save_screenshot(str(shots / "front_page.png"))
+        entries = driver.execute_script(
+            "return Object.entries(results).map(([p, r]) => [p, r.mime_type, r.data_uri.length, r.caption.length])")
+        status = {"results": len(entries), "figures": 0, "figures_loaded": 0, "pages": 0, "pages_loaded": 0,
+                  "captions": sum(1 for *_, caption in entries if caption > 0), "failures": [], "front_page_text": front}
+        for path, mime, _, _ in entries:
+            kind = "figures" if mime.startswith("image/") else "pages" if mime == "text/html" else None
+            if kind is None:
+                continue
+            status[kind] += 1
+            # the viewer's own path: the same call its "view" button makes
+            driver.execute_script("new ToggleViewManager(app).handleSelectedResult(arguments[0])", path)
+            if kind == "figures":
+                check = ("const uri = results[arguments[0]].data_uri;"
+                         "const img = Array.from(document.querySelectorAll('#app img')).find(i => i.getAttribute('src') === uri);"
+                         "return img && img.complete ? img.naturalWidth : -1;")
+            else:
+                check = ("const uri = results[arguments[0]].data_uri;"
+                         "const frame = Array.from(document.querySelectorAll('#app iframe')).find(f => f.getAttribute('src') === uri);"
+                         "return frame ? 1 : -1;")
+            try:
+                WebDriverWait(driver, 20).until(lambda d: d.execute_script(check, path) >= 0)
+                loaded = driver.execute_script(check, path) > 0
+            except Exception:  # noqa: BLE001 - a timeout is a failure to report, not to raise
+                loaded = False
+            if loaded and kind == "pages":
+                frame = next(f for f in driver.find_elements("css selector", "#app iframe")
+                             if f.get_attribute("src") == driver.execute_script("return results[arguments[0]].data_uri", path))
+                driver.switch_to.frame(frame)
+                try:
+                    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+                    loaded = bool(driver.find_elements("css selector", "table"))
+                finally:
+                    driver.switch_to.default_content()
+            if loaded:
+                status[f"{kind}_loaded"] += 1
+                if shots and status[f"{kind}_loaded"] == 1:
+                    driver.save_screenshot(str(shots / f"first_{kind[:-1]}.png"))
+            else:
+                status["failures"].append(path)
+        return status
+    finally:
+        driver.quit()
