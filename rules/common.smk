@@ -1,6 +1,8 @@
 # Shared helpers: result paths, wildcard constraints and input functions.
 import re
 
+import conceptscope.config
+
 RESULTS = config["results"]
 DATASETS = config["datasets"]
 MODELS = config["models"]
@@ -65,25 +67,17 @@ def model_params(name):
 
 def explained_pairs():
     """(dataset, model) pairs whose hidden layers are stored: models with `layers`, on their eval datasets."""
-    return [(ds, model) for ds, model in eval_pairs() if MODELS[model]["layers"]]
+    return conceptscope.config.explained_pairs(config)
 
 
 def method_pairs(block="concepts"):
     """(dataset, model) pairs a method explains (`{block}.models` x `{block}.datasets`)."""
-    opts = config[block]
-    return [
-        (ds, model)
-        for ds, model in explained_pairs()
-        if (opts["models"] is None or model in opts["models"]) and (opts["datasets"] is None or ds in opts["datasets"])
-    ]
+    return conceptscope.config.method_pairs(config, block)
 
 
 def method_jobs(block="concepts"):
     """(dataset, model, layer) a method runs on (`{block}.layers` picks among each model's layers)."""
-    wanted = config[block]["layers"]
-    return [
-        (ds, model, layer) for ds, model in method_pairs(block) for layer in MODELS[model]["layers"] if wanted is None or layer in wanted
-    ]
+    return conceptscope.config.method_jobs(config, block)
 
 
 def concept_pairs():

@@ -58,6 +58,19 @@ def test_stored_activations_equal_a_direct_forward_pass(tmp_path, photos, mobile
     assert tuple(RowStore(paths["features.18"])["activations"].shape[1:]) == (1280, 7, 7)
 
 
+def test_recorded_output_is_not_changed_by_a_later_in_place_op(photos, mobilenet):
+    """features.1.conv.0.1 is a BatchNorm whose output the next ReLU6(inplace=True) overwrites."""
+    model, preprocess = mobilenet
+    rows = select_images(photos.split("test")).head(2)
+    recorded = _direct(model, photos, rows, build_transform(preprocess), "features.1.conv.0.1")
+    batch = torch.stack([build_transform(preprocess)(Image.fromarray(photos.load_image(r))) for r in rows.itertuples()])
+    with torch.no_grad():
+        stem = model.features[1].conv[0]
+        expected = stem[1](stem[0](model.features[0](batch)))  # conv, BatchNorm: before the ReLU6
+    assert expected.min() < 0
+    np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-5)
+
+
 def test_float16_store_and_dask_reader(tmp_path, photos, mobilenet):
     model, preprocess = mobilenet
     transform = build_transform(preprocess)

@@ -57,7 +57,7 @@ def select_images(
 
 
 class LayerRecorder:
-    """Forward hooks that keep the latest output of each named layer (detached)."""
+    """Forward hooks that keep the latest output of each named layer (a detached copy)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str]):
         self.model = model
@@ -69,7 +69,9 @@ class LayerRecorder:
         def hook(module, inputs, output):
             if isinstance(output, (tuple, list)):
                 output = output[0]
-            self.outputs[name] = output.detach()
+            # a copy: a later in-place op (ReLU6(inplace=True) after a BatchNorm, `out += identity`)
+            # would otherwise change the recorded values
+            self.outputs[name] = output.detach().clone()
 
         return hook
 

@@ -407,6 +407,25 @@ def resolve_config(raw: dict, base_dir: str | Path = ".") -> dict:
     return config
 
 
+def explained_pairs(config: dict) -> list[tuple[str, str]]:
+    """(dataset, model) pairs whose hidden layers are stored: models with `layers`, on their eval datasets, in config order."""
+    return [(ds, m) for m, spec in config["models"].items() for ds in spec["eval_datasets"] if spec["layers"]]
+
+
+def method_pairs(config: dict, block: str) -> list[tuple[str, str]]:
+    """(dataset, model) pairs a method reading the activation store explains (`<block>.models` x `<block>.datasets`)."""
+    opts = config[block]
+    return [(ds, m) for ds, m in explained_pairs(config)
+            if (opts["models"] is None or m in opts["models"]) and (opts["datasets"] is None or ds in opts["datasets"])]
+
+
+def method_jobs(config: dict, block: str) -> list[tuple[str, str, str]]:
+    """(dataset, model, layer) such a method runs on (`<block>.layers` picks among each model's layers)."""
+    wanted = config[block]["layers"]
+    return [(ds, m, layer) for ds, m in method_pairs(config, block) for layer in config["models"][m]["layers"]
+            if wanted is None or layer in wanted]
+
+
 def _block_pairs(config: dict, block: str) -> list[tuple[str, str]]:
     """(dataset, model) pairs of a method with its own forward pass: `<block>.models` x their eval
     datasets (`<block>.datasets` filters)."""

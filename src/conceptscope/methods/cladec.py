@@ -103,7 +103,8 @@ class _Reconstructor:
         history = []
         for epoch in tqdm(range(self.epochs), desc=type(self).__name__, disable=not self.progress):
             total, count = 0.0, 0
-            for images, labels, *_ in loader:
+            batches = tqdm(loader, desc=f"{type(self).__name__} epoch {epoch + 1}/{self.epochs}", unit="batch", disable=not self.progress, leave=False)
+            for images, labels, *_ in batches:
                 images, labels = images.to(device), torch.as_tensor(labels).to(device)
                 loss = step(images, labels)
                 optimizer.zero_grad()
@@ -276,10 +277,10 @@ def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable, s
     return float(np.concatenate(errors).mean())
 
 
-def reconstructed_dataset(reconstructor: _Reconstructor, loader: Iterable) -> torch.utils.data.TensorDataset:
+def reconstructed_dataset(reconstructor: _Reconstructor, loader: Iterable, progress: bool = False) -> torch.utils.data.TensorDataset:
     """(reconstruction, label, image_id) for every item of `loader`, on the CPU (what C_eval trains on)."""
     parts: list[list[torch.Tensor]] = [[], [], []]
-    for images, labels, ids in loader:
+    for images, labels, ids in tqdm(loader, desc=f"{type(reconstructor).__name__} reconstructions", unit="batch", disable=not progress, leave=False):
         parts[0].append(reconstructor.reconstruct(images).cpu())
         parts[1].append(torch.as_tensor(labels))
         parts[2].append(torch.as_tensor(ids))
@@ -304,8 +305,8 @@ def evaluation_accuracy(
     from ..training import train_classifier
 
     device = next(reconstructor.decoder_.parameters()).device
-    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader), epochs=epochs, seed=seed, device=device, progress=progress, **train_options)
-    test = reconstructed_dataset(reconstructor, test_loader)
+    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader, progress), epochs=epochs, seed=seed, device=device, progress=progress, **train_options)
+    test = reconstructed_dataset(reconstructor, test_loader, progress)
     with torch.no_grad():
         predicted = torch.cat([fresh_model(x.to(device)).argmax(1).cpu() for x in test.tensors[0].split(256)])
     return float((predicted == test.tensors[1]).double().mean())

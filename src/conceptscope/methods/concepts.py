@@ -389,6 +389,7 @@ def _class_samples(model, dataset, targets, starts, layer, method, batch_size, p
                 pending["labels"].append(labels[part])
                 offset += take
                 if position + offset == ends[next_class]:
+                    bar.set_postfix_str(f"class {int(targets[starts[next_class]])} ({next_class + 1}/{len(starts)} classes)", refresh=False)
                     yield flush(next_class)
                     next_class += 1
             position += len(images)

@@ -251,7 +251,8 @@ class ContrastHyperplanes:
             members = torch.as_tensor(np.r_[first, second]).to(device)
             labels = torch.cat([torch.ones(len(first)), torch.zeros(len(second))]).to(device, self.dtype)
             groups.append((vectors[int(c)], members, labels, 1.0 / sizes[members]))
-        for _ in range(self.epochs):
+        epochs = tqdm(range(self.epochs), desc=f"pair classifiers: epochs ({len(pairs)} pairs)", unit="epoch", disable=not self.progress, leave=False)
+        for _ in epochs:
             grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
             for x, members, labels, scale in groups:
                 logits = x @ weight[members].T + bias[members]  # (N_c, m)

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.distance import cdist
 from scipy.stats import rankdata
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def natural_ams(acts: np.ndarray, n: int = N_AMS, d: int = AMS_DEPTH, seed: int 
     return np.take_along_axis(blocks, local, axis=1)
 
 
-def rav_means(acts: np.ndarray, ams: np.ndarray, chunk_elements: int = 50_000_000) -> np.ndarray:
+def rav_means(acts: np.ndarray, ams: np.ndarray, chunk_elements: int = 50_000_000, progress: bool = True) -> np.ndarray:
     """mu (k, k) of Def. 4: mu[i, j] = mean over representation i's AMS of representation j's activation.
 
     `acts: (N, k)`, `ams: (n, k)` image indices. Computed in chunks of representations so the
@@ -99,7 +100,7 @@ def rav_means(acts: np.ndarray, ams: np.ndarray, chunk_elements: int = 50_000_00
         raise ValueError(f"AMS are given for {k} representations, the activations have {acts.shape[1]}")
     step = max(1, chunk_elements // max(1, n * k))
     mu = np.empty((k, k))
-    for start in range(0, k, step):
+    for start in tqdm(range(0, k, step), desc=f"RAV means ({k} representations)", unit="chunk", disable=not progress, leave=False):
         mu[start : start + step] = acts[ams[:, start : start + step]].mean(axis=0)
     return mu
 
@@ -175,21 +176,22 @@ def spearman_distance(acts: np.ndarray) -> np.ndarray:
     return _correlation_distance(rankdata(np.asarray(acts), axis=0))
 
 
-def ea_n_distances(acts: np.ndarray, n: int = N_AMS, d: int = AMS_DEPTH, seed: int = 0) -> dict[str, np.ndarray]:
+def ea_n_distances(acts: np.ndarray, n: int = N_AMS, d: int = AMS_DEPTH, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """EA_n in both modes on standardised activations, plus the n-AMS used: {'pairwise', 'layerwise', 'ams'}."""
     acts = standardize(acts)
     ams = natural_ams(acts, n, d, seed)
-    mu = rav_means(acts, ams)
+    mu = rav_means(acts, ams, progress=progress)
     return {mode: extreme_activation_distance(mu, mode) for mode in EA_MODES} | {"ams": ams}
 
 
-def data_distances(acts: np.ndarray, *, n: int = N_AMS, d: int = AMS_DEPTH, p: float = MINKOWSKI_P, seed: int = 0) -> dict[str, np.ndarray]:
+def data_distances(acts: np.ndarray, *, n: int = N_AMS, d: int = AMS_DEPTH, p: float = MINKOWSKI_P, seed: int = 0,
+                   progress: bool = True) -> dict[str, np.ndarray]:
     """Every data-aware distance of the paper on raw activations (N, k), by table name.
 
     Keys: ea_n_pairwise, ea_n_layerwise, minkowski, pearson, spearman (Sec. 5.3 settings by default).
     """
     std = standardize(acts)
-    mu = rav_means(std, natural_ams(std, n, d, seed))
+    mu = rav_means(std, natural_ams(std, n, d, seed), progress=progress)
     out = {f"ea_n_{mode}": extreme_activation_distance(mu, mode) for mode in EA_MODES}
     out["minkowski"] = minkowski_distance(std, p)
     out["pearson"] = pearson_distance(std)

@@ -336,7 +336,7 @@ def synthetic_ams(
         pairs = [(r, s) for r in reps for s in range(n_signals)]
         signals = torch.empty(len(pairs), *image_shape)
         starts = range(0, len(pairs), batch_size)
-        for start in tqdm(starts, desc="s-AMS", disable=not progress, leave=False):
+        for batch_index, start in enumerate(tqdm(starts, desc="s-AMS", disable=not progress, leave=False)):
             batch = pairs[start : start + batch_size]
             generators = [_pair_generator(seed, r, s) for r, s in batch]
             image = FourierImage(len(batch), *image_shape, generators=generators).to(device)
@@ -344,7 +344,8 @@ def synthetic_ams(
             targets = torch.tensor([r for r, _ in batch], device=device)
             rows = torch.arange(len(batch), device=device)
             optimiser = torch.optim.Adam(image.parameters(), lr=lr)
-            for step in range(steps):
+            step_bar = tqdm(range(steps), desc=f"s-AMS steps (batch {batch_index + 1}/{len(starts)})", unit="step", disable=not progress, leave=False)
+            for step in step_bar:
                 optimiser.zero_grad(set_to_none=True)
                 pixels = transforms.apply(image(), params[step])
                 acts = representation_outputs(model, layer, (pixels - mean_t) / std_t)
@@ -365,6 +366,7 @@ def signal_activations(
     std: Sequence[float],
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> np.ndarray:
     """All k representations of `layer` on the signals (R, n, C, H, W) [0, 1] -> activations (R, n, k).
 
@@ -383,7 +385,7 @@ def signal_activations(
     with _frozen(model):
         acts = [
             representation_outputs(model, layer, (flat[i : i + batch_size].to(device) - mean_t) / std_t).float().cpu()
-            for i in range(0, len(flat), batch_size)
+            for i in tqdm(range(0, len(flat), batch_size), desc="s-AMS activations", unit="batch", disable=not progress, leave=False)
         ]
     return torch.cat(acts).reshape(n_reps, n_signals, -1).numpy()
 

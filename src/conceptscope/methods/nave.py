@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 # Ward on P pixels keeps a condensed P x P distance matrix (8 bytes each): 20,000 pixels ~ 1.6 GB.
 WARD_MAX_PIXELS = 20_000
@@ -132,6 +133,8 @@ class ActivationClustering:
     grid (H, W) or one side; None = the largest map among the layers. max_fit_pixels: fit on a
     seeded random subset of at most this many pixel vectors and assign every pixel to the nearest
     cluster centre (bounded memory for class-wide clustering of hundreds of images); None = all.
+    progress: progress bars over the images (`segment_images`) and over the image batches of a
+    subset fit (`fit_predict` with `max_fit_pixels`).
     """
 
     def __init__(
@@ -142,6 +145,8 @@ class ActivationClustering:
         n_init: int = 1,
         seed: int = 0,
         max_fit_pixels: int | None = None,
+        *,
+        progress: bool = True,
     ):
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
@@ -152,6 +157,7 @@ class ActivationClustering:
         self.n_clusters, self.method, self.resolution = n_clusters, method, resolution
         self.n_init, self.seed, self.max_fit_pixels = n_init, seed, max_fit_pixels
         self.batch_images = 32  # images whose features are built at once when fitting on a subset
+        self.progress = progress
 
     def fit_predict(self, maps: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """Labels (N, H, W) of one clustering shared by all N images of `maps` [(N, C_i, h_i, w_i), ...].
@@ -169,7 +175,8 @@ class ActivationClustering:
         else:  # fit on a seeded pixel subset, then assign all pixels; features built a batch of images at a time
             subset = np.sort(np.random.default_rng(self.seed).choice(n * p, self.max_fit_pixels, replace=False))
             fit = []
-            for start in range(0, n, self.batch_images):
+            starts = range(0, n, self.batch_images)
+            for start in tqdm(starts, desc=f"NAVE features ({n} images)", unit="batch", disable=not self.progress, leave=False):
                 features, _ = nave_features([m[start : start + self.batch_images] for m in maps], (height, width))
                 flat = features.reshape(-1, features.shape[-1])
                 chosen = subset[(subset >= start * p) & (subset < start * p + len(flat))] - start * p
@@ -177,7 +184,7 @@ class ActivationClustering:
             _, centers = cluster(np.concatenate(fit), self.n_clusters, self.seed, self.n_init)
             labels = np.concatenate([
                 _nearest_center(nave_features([m[start : start + self.batch_images] for m in maps], (height, width))[0].reshape(-1, centers.shape[1]), centers)
-                for start in range(0, n, self.batch_images)
+                for start in tqdm(starts, desc=f"NAVE assign ({n} images)", unit="batch", disable=not self.progress, leave=False)
             ])
         labels, order = _canonical(np.asarray(labels))
         self.cluster_centers_ = centers[order]
@@ -187,7 +194,10 @@ class ActivationClustering:
     def segment_images(self, maps: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """Image-wise labels (N, H, W): each image of `maps` clustered on its own."""
         n = np.shape(maps[0])[0]
-        return np.concatenate([self.fit_predict([m[i : i + 1] for m in maps]) for i in range(n)]) if n else np.zeros((0, 1, 1), np.int64)
+        if not n:
+            return np.zeros((0, 1, 1), np.int64)
+        images = tqdm(range(n), desc="NAVE images", unit="image", disable=not self.progress, leave=False)
+        return np.concatenate([self.fit_predict([m[i : i + 1] for m in maps]) for i in images])
 
 
 def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..attribution import _eval_mode, _model_device, grad_cam
 from ..models import get_layer
@@ -80,6 +81,11 @@ class SaliencyError(ValueError):
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
+
+
+def _bar(iterable, desc: str, progress: bool, unit: str = "image", total: int | None = None):
+    """The library's progress bar convention: `progress` switches it, gone when done."""
+    return tqdm(iterable, desc=desc, unit=unit, total=total, disable=not progress, leave=False)
 
 
 def _check_inputs(inputs: torch.Tensor) -> None:
@@ -232,6 +238,7 @@ def cluscam(
     temperature: float = CLUSCAM_TEMPERATURE,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
+    progress: bool = True,
 ) -> torch.Tensor:
     """ClusCAM saliency (B, H, W) in [0, 1] of `layer` for the target class.
 
@@ -251,6 +258,7 @@ def cluscam(
     Defaults (n_clusters=10, drop_fraction=0.5, temperature=0.5) are the authors' reference code's;
     reviewers note the cluster count matters for small objects, so it is a parameter.
     batch_size: masked images per forward pass. `n_clusters` must not exceed the layer's K.
+    progress: a progress bar over the images.
     """
     inputs, classes = _prepare(model, inputs, target)
     if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
@@ -266,7 +274,7 @@ def cluscam(
         if n_clusters > acts.shape[1]:
             raise SaliencyError(f"n_clusters={n_clusters} exceeds the {acts.shape[1]} feature maps of layer {layer!r}")
         saliency = []
-        for b in range(len(inputs)):
+        for b in _bar(range(len(inputs)), "ClusCAM", progress):
             centroids = cluster_feature_maps(acts[b], size, n_clusters, seed=seed)[1].to(inputs.dtype)
             # a constant centroid (e.g. of dead channels) keeps its value: there is no range to rescale
             centroids = _minmax(centroids, keep_constant=True)
@@ -290,7 +298,8 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target) 
     return grad_cam(model, inputs, layer, classes)
 
 
-def scorecam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target, *, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+def scorecam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target, *, batch_size: int = BATCH_SIZE,
+             progress: bool = True) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): ReLU(sum_k w_k A_k), w_k the softmax probability of the target class
     on input * H_k, H_k the k-th map upsampled (bilinear) and min-max scaled; resized and scaled to [0, 1].
 
@@ -306,7 +315,7 @@ def scorecam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target,
         acts, logits = _layer_output(model, inputs, layer)
         _check_classes(classes, logits)
         cams = []
-        for b in range(len(inputs)):
+        for b in _bar(range(len(inputs)), "Score-CAM", progress):
             masks = _minmax(_upsample(acts[b : b + 1], size)[0])  # (K, H, W)
             used = masks.flatten(1).amax(1) > 0
             weights = torch.zeros(len(masks), device=inputs.device, dtype=inputs.dtype)
@@ -315,7 +324,8 @@ def scorecam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target,
     return _minmax(_upsample(torch.stack(cams)[:, None], size)[:, 0])
 
 
-def ablationcam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target, *, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+def ablationcam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Target, *, batch_size: int = BATCH_SIZE,
+                progress: bool = True) -> torch.Tensor:
     """Ablation-CAM (Desai & Ramaswamy 2020): ReLU(sum_k w_k A_k) with w_k = (y_c - y_c^k) / y_c, y_c^k
     the target logit with the layer's k-th map set to zero; resized bilinearly and scaled to [0, 1].
 
@@ -332,7 +342,7 @@ def ablationcam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Targ
         acts, logits = _layer_output(model, inputs, layer)
         _check_classes(classes, logits)
         cams = []
-        for b in range(len(inputs)):
+        for b in _bar(range(len(inputs)), "Ablation-CAM", progress):
             cls, n_maps = int(classes[b]), acts.shape[1]
             ablated_logits = []
             for chunk in _batches(n_maps, batch_size):
@@ -372,6 +382,7 @@ def rise(
     keep_probability: float = RISE_KEEP_PROBABILITY,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
+    progress: bool = True,
 ) -> torch.Tensor:
     """RISE (Petsiuk et al. 2018): sum_i P_c(input * M_i) M_i / (N p), scaled per image to [0, 1].
 
@@ -392,7 +403,7 @@ def rise(
     saliency = torch.zeros(len(inputs), height, width, device=inputs.device, dtype=inputs.dtype)
     with _eval_mode(model):
         _check_target_range(model, inputs, classes)
-        for chunk in _batches(n_masks, batch_size):
+        for chunk in _bar(_batches(n_masks, batch_size), f"RISE ({n_masks} masks)", progress, unit="batch", total=-(-n_masks // batch_size)):
             big = _upsample(grids[chunk].to(inputs.device), ((grid + 1) * cell_h, (grid + 1) * cell_w))
             masks = torch.stack([m[0, y : y + height, x : x + width] for m, (y, x) in zip(big, shifts[chunk].tolist())])
             for b in range(len(inputs)):
@@ -410,6 +421,7 @@ def occlusion(
     window: int | None = None,
     stride: int | None = None,
     batch_size: int = BATCH_SIZE,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014) with captum's `Occlusion`: the drop of the target logit when a
     `window` x `window` patch (all channels) is set to 0 (normalised), averaged over the patches that
@@ -417,6 +429,7 @@ def occlusion(
 
     window: default 1/7 of the shorter side (32 px at 224); stride: default half the window.
     `layer` is not used. About `batch_size` images go through the model per forward pass.
+    progress: captum's progress bar over the window positions.
     """
     from captum.attr import Occlusion
 
@@ -438,6 +451,7 @@ def occlusion(
             baselines=0.0,
             target=classes,
             perturbations_per_eval=max(1, batch_size // len(inputs)),  # captum evaluates this many copies of the whole batch
+            show_progress=progress,
         )
     # every channel of a pixel gets the same value: the window spans all channels
     return _minmax(torch.relu(attribution.mean(1)))
@@ -496,7 +510,7 @@ def _baseline_images(inputs: torch.Tensor, baseline: str | float | torch.Tensor)
     raise SaliencyError(f"unknown baseline {baseline!r}; expected 'zero', 'blur', a float or a tensor (C, H, W) / (1|B, C, H, W)")
 
 
-def _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert: bool) -> np.ndarray:
+def _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert: bool, progress: bool = True) -> np.ndarray:
     saliency = _check_saliency(inputs, saliency)
     inputs, classes = _prepare(model, inputs, target)
     if not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -509,7 +523,7 @@ def _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_si
     aucs = np.empty(len(inputs))
     with _eval_mode(model):
         _check_target_range(model, inputs, classes)
-        for b in range(len(inputs)):
+        for b in _bar(range(len(inputs)), "insertion AUC" if insert else "deletion AUC", progress):
             order = torch.argsort(saliency[b].flatten().to(inputs.device), descending=True, stable=True)
             rank = torch.empty_like(order)
             rank[order] = torch.arange(n_pixels, device=inputs.device)
@@ -532,6 +546,7 @@ def deletion_auc(
     steps: int = FAITHFULNESS_STEPS,
     baseline: str | float | torch.Tensor = "zero",
     batch_size: int = BATCH_SIZE,
+    progress: bool = True,
 ) -> np.ndarray:
     """Deletion AUC (B,): target probability as pixels, most salient first, are replaced by `baseline`
     in `steps` equal steps; trapezoid area over the deleted fraction 0..1 (lower = more faithful).
@@ -539,7 +554,7 @@ def deletion_auc(
     baseline: "zero" (0 after normalisation, the mean colour, as RISE's evaluation code), "blur"
     (Gaussian, kernel 11, sigma 5), a float, or a tensor. Ties in saliency go in pixel order.
     """
-    return _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert=False)
+    return _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert=False, progress=progress)
 
 
 def insertion_auc(
@@ -551,12 +566,13 @@ def insertion_auc(
     steps: int = FAITHFULNESS_STEPS,
     baseline: str | float | torch.Tensor = "blur",
     batch_size: int = BATCH_SIZE,
+    progress: bool = True,
 ) -> np.ndarray:
     """Insertion AUC (B,): target probability as pixels of the input, most salient first, are put into
     the `baseline` image in `steps` equal steps; trapezoid area over the inserted fraction 0..1
     (higher = more faithful). baseline: default "blur" (RISE's evaluation code), see `deletion_auc`.
     """
-    return _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert=True)
+    return _perturbation_auc(model, inputs, saliency, target, steps, baseline, batch_size, insert=True, progress=progress)
 
 
 def _confidence_change(model, inputs, saliency, target, batch_size) -> tuple[np.ndarray, np.ndarray]:
@@ -597,12 +613,13 @@ def faithfulness(
     deletion_baseline: str | float | torch.Tensor = "zero",
     insertion_baseline: str | float | torch.Tensor = "blur",
     batch_size: int = BATCH_SIZE,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """All metrics, per image (B,): deletion_auc, insertion_auc, average_drop, increase_in_confidence."""
     original, explained = _confidence_change(model, inputs, saliency, target, batch_size)
     return {
-        "deletion_auc": deletion_auc(model, inputs, saliency, target, steps=steps, baseline=deletion_baseline, batch_size=batch_size),
-        "insertion_auc": insertion_auc(model, inputs, saliency, target, steps=steps, baseline=insertion_baseline, batch_size=batch_size),
+        "deletion_auc": deletion_auc(model, inputs, saliency, target, steps=steps, baseline=deletion_baseline, batch_size=batch_size, progress=progress),
+        "insertion_auc": insertion_auc(model, inputs, saliency, target, steps=steps, baseline=insertion_baseline, batch_size=batch_size, progress=progress),
         "average_drop": np.maximum(0.0, original - explained) / original * 100,
         "increase_in_confidence": (explained > original).astype(np.float64) * 100,
     }
@@ -640,12 +657,14 @@ def explain_and_score(
     insertion_baseline: str | float | torch.Tensor = "blur",
     batch_size: int = BATCH_SIZE,
     score: bool = True,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """One batch through a method by name: maps (B, H, W) on the CPU and per-image columns.
 
     The columns are `seconds` (the map's share of the batch's wall time, the GPU synchronised) and,
     with `score`, the four `faithfulness` metrics. `options` are the method's keyword arguments
-    (e.g. {"n_clusters": 10} for ClusCAM); `batch_size` goes to the methods that batch masked inputs.
+    (e.g. {"n_clusters": 10} for ClusCAM); `batch_size` goes to the methods that batch masked inputs,
+    `progress` (progress bars) to the methods with a loop and to the metrics.
     """
     import inspect
     import time
@@ -657,12 +676,15 @@ def explain_and_score(
     synchronise()
     start = time.perf_counter()
     kwargs = dict(options or {})
-    if "batch_size" in inspect.signature(explain).parameters:
+    accepted = inspect.signature(explain).parameters
+    if "batch_size" in accepted:
         kwargs["batch_size"] = batch_size
+    if "progress" in accepted:
+        kwargs.setdefault("progress", progress)
     maps = explain(model, inputs, layer, classes, **kwargs)
     synchronise()
     columns = {"seconds": np.full(len(inputs), (time.perf_counter() - start) / len(inputs))}
     if score:
         columns.update(faithfulness(model, inputs, maps, classes, steps=steps, deletion_baseline=deletion_baseline,
-                                    insertion_baseline=insertion_baseline, batch_size=batch_size))
+                                    insertion_baseline=insertion_baseline, batch_size=batch_size, progress=progress))
     return maps.detach().float().cpu(), columns

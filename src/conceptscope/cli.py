@@ -1,0 +1,500 @@
+"""`conceptscope`: look up what to put in config.yaml, and inspect what the pipeline wrote.
+
+    conceptscope models                      # architectures valid as `models.<name>.arch`
+    conceptscope layers mobilenet_v2 --filter features.1   # layer names for `layers:`, shapes, >= 0
+    conceptscope datasets                    # dataset kinds for `datasets.<name>.kind`
+    conceptscope store results/activations/photos/mobilenet_v2/features.18.zarr
+    conceptscope config --configfile config.yaml
+
+User errors (unknown arch, missing file, invalid config, unfinished store) print one line on stderr
+and exit with status 2; nothing is downloaded and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .models import ModelError
+    from .store import StoreError
+
+    return (CliError, ConfigError, ModelError, StoreError, FileNotFoundError)
+
+
+def _table(rows: Sequence[Sequence[Any]], indent: str = "") -> str:
+    """Rows of cells as left-aligned columns (the last column is not padded)."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(len(r) for r in rows))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row)]
+        lines.append(indent + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _input_shape(preprocess: dict) -> str:
+    size = preprocess.get("input_size")
+    shape = f"{preprocess['channels']} x {size} x {size}" if size else f"{preprocess['channels']} x H x W"
+    return shape + (f" (resize {preprocess['resize']})" if preprocess.get("resize") else "")
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import torchvision
+
+    from .models import ARCHS, ModelError
+
+    rows = [("arch", "input", "packaged weights", "description")]
+    for name, arch in ARCHS.items():
+        if arch.packaged_weights is None:
+            weights = "no"
+        else:
+            try:
+                arch.packaged_weights()
+                weights = "yes"
+            except ModelError:
+                weights = "yes (package not installed)"
+        rows.append((name, _input_shape(arch.preprocess), weights, arch.description))
+    print(_table(rows))
+    names = torchvision.models.list_models(module=torchvision.models)
+    print()
+    print(f"torchvision:<name>  any of torchvision's {len(names)} classification models, e.g. torchvision:resnet18 "
+          f"(input {_input_shape(ARCHS['mobilenet_v2'].preprocess)}; no packaged weights)")
+    if args.torchvision:
+        print("  " + "\n  ".join(", ".join(names[i : i + 8]) for i in range(0, len(names), 8)))
+    else:
+        print("  list them with: conceptscope models --torchvision")
+    print("weights: train (on train_dataset) | random | packaged | a path to a state-dict file")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+
+
+def _fingerprint(tensor) -> tuple[float, float, float]:
+    """(min, max, sum) of a tensor: changes when a later in-place op overwrites it."""
+    if not tensor.numel():
+        return (0.0, 0.0, 0.0)
+    t = tensor.double()
+    return float(t.min()), float(t.max()), float(t.sum())
+
+
+def layer_table(arch: str, *, num_classes: int | None = None, channels: int | None = None, input_size: int | None = None,
+                seed: int = 0) -> tuple[list[dict], dict]:
+    """Every named module of `arch` with its output shape (C, h, w) or (C,) on a dummy forward pass.
+
+    The model is built on the CPU with fresh weights (nothing is downloaded) and run in eval mode on
+    two seeded standard-normal images of the input size. `nonneg` is whether the module's output was
+    >= 0 everywhere, i.e. it ends in a ReLU (or pools / clamps one): any other layer of a freshly
+    initialised network has negative values on such input. The concepts and contrast methods (NMF)
+    need non-negative layers; shapes do not depend on the weights. `inplace_modified`: a later
+    in-place operation (e.g. torchvision's ReLU6(inplace=True) after a BatchNorm) overwrites the
+    output, so a forward hook (and an activation store) sees the values after it. `calls`: how often
+    the module ran (a store keeps the last call). Returns (rows, preprocess with num_classes).
+    """
+    import torch
+
+    from .models import build_model, get_arch, resolve_preprocess
+
+    if input_size is not None and input_size < 8:
+        raise CliError(f"--input-size must be at least 8 pixels (as preprocess.input_size), got {input_size}")
+    preprocess = resolve_preprocess(arch, {"channels": channels, "input_size": input_size})
+    size = preprocess.get("input_size")
+    if not size:
+        raise CliError(f"arch {arch!r} has no fixed input size; give one with --input-size")
+    if num_classes is None:
+        num_classes = 10 if get_arch(arch).preprocess["channels"] == 1 else 1000
+    model = build_model(arch, num_classes, preprocess["channels"], seed=seed).eval()
+    modules = {name: module for name, module in model.named_modules() if name}
+    seen: dict[str, dict] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if not isinstance(output, torch.Tensor):
+                return
+            row = seen.setdefault(name, {"calls": 0, "nonneg": True})
+            low = float(output.min()) if output.numel() else 0.0
+            row.update(calls=row["calls"] + 1, shape=tuple(output.shape[1:]), low=low, check=_fingerprint(output), tensor=output)
+            row["nonneg"] = row["nonneg"] and low >= 0
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    images = torch.randn(2, preprocess["channels"], size, size, generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except Exception as err:  # e.g. a too small input, or a model that needs a fixed size (ViT)
+        message = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CliError(f"{arch} cannot run on {_input_shape(preprocess)} images: {message}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for name, module in modules.items():
+        rec = seen.get(name)
+        row = {"layer": name, "type": type(module).__name__, "shape": None, "nonneg": None, "calls": 0, "inplace_modified": False}
+        if rec is not None:
+            row.update(shape=rec["shape"], nonneg=rec["nonneg"], calls=rec["calls"], inplace_modified=_fingerprint(rec["tensor"]) != rec["check"])
+        rows.append(row)
+    return rows, {**preprocess, "num_classes": int(logits.shape[1])}
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    rows, info = layer_table(args.arch, num_classes=args.num_classes, channels=args.channels, input_size=args.input_size)
+    if args.kind == "conv":
+        rows = [r for r in rows if r["shape"] is not None and len(r["shape"]) == 3]
+    if args.filter:
+        rows = [r for r in rows if args.filter in r["layer"]]
+    if args.json:
+        print(json.dumps({"arch": args.arch, "input": info, "layers": rows}, indent=1))
+        return 0
+    size = info["input_size"]
+    print(f"{args.arch}: input {info['channels']} x {size} x {size}, {info['num_classes']} classes; "
+          f"{len(rows)} {'layers with (C, h, w) maps' if args.kind == 'conv' else 'layers'}"
+          + (f" matching {args.filter!r}" if args.filter else ""))
+    if not rows:
+        return 0
+    table = [("layer", "type", "output", ">= 0", "")]
+    for r in rows:
+        shape = "not called" if r["shape"] is None else str(tuple(r["shape"]))
+        nonneg = "" if r["nonneg"] is None else ("yes" if r["nonneg"] else "no")
+        notes = (["overwritten in place later"] if r["inplace_modified"] else []) + ([f"runs {r['calls']} times"] if r["calls"] > 1 else [])
+        table.append((r["layer"], r["type"], shape, nonneg, "; ".join(notes)))
+    print(_table(table))
+    print(">= 0: the layer's output is non-negative (it ends in a ReLU); the concepts and contrast methods (NMF) need that")
+    if any(r["inplace_modified"] for r in rows):
+        print("overwritten in place later: a following in-place op (e.g. ReLU6(inplace=True)) changes this output, "
+              "so a stored map holds the values after it; prefer the enclosing block")
+    if any(r["calls"] > 1 for r in rows):
+        print("runs N times: the module is reused in the forward pass; a stored map holds its last call")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+
+
+def dataset_kinds() -> list[dict]:
+    """The dataset kinds of the config schema: name, description, the keys only that kind uses."""
+    import re
+
+    from .config import load_schema
+    from .data import DATASET_KINDS
+
+    spec = load_schema()["$defs"]["dataset"]["properties"]
+    kinds = spec["kind"]["enum"]
+    text = " ".join(spec["kind"]["description"].split())
+    described = dict(re.findall(r"`(\w+)`: (.*?)(?=;? `\w+`:|$)", text))
+    own: dict[str, list[str]] = {kind: [] for kind in kinds}
+    common = []
+    for key, prop in spec.items():
+        if key == "kind":
+            continue
+        first = " ".join(str(prop.get("description", "")).split()).split(".")[0]
+        owners = [k for k in kinds if first.startswith(f"{k} only")]
+        for k in owners:
+            own[k].append(key)
+        if not owners:
+            common.append(key)
+    out = []
+    for kind in kinds:
+        out.append({
+            "kind": kind,
+            "description": described.get(kind, "").rstrip(";. "),
+            "keys": own[kind],
+            "common_keys": common,
+            "implemented": kind in DATASET_KINDS,
+        })
+    return out
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    import textwrap
+
+    kinds = dataset_kinds()
+    width = max(len(k["kind"]) for k in kinds) + 2
+    for k in kinds:
+        lines = textwrap.wrap(k["description"], 100 - width) or [""]
+        print(k["kind"].ljust(width) + lines[0])
+        for line in lines[1:]:
+            print(" " * width + line)
+        print(" " * width + "own keys: " + (", ".join(k["keys"]) if k["keys"] else "none"))
+    print(f"every kind: {', '.join(kinds[0]['common_keys'])} (schemas/config.schema.yaml has each key's meaning and default)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# store
+
+
+def _codecs(array) -> str:
+    names = []
+    for codec in getattr(array, "compressors", None) or ():
+        name = type(codec).__name__.removesuffix("Codec").lower()
+        if name == "blosc":
+            name = f"blosc-{getattr(codec, 'cname', '')}".rstrip("-")
+            name = name.replace("BloscCname.", "")
+        level = getattr(codec, "level", None) if hasattr(codec, "level") else getattr(codec, "clevel", None)
+        names.append(f"{name} {level}" if level is not None else name)
+    return ", ".join(names) or "none"
+
+
+def _disk_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _unfinished_hint(path: Path) -> str:
+    """Where a killed writer of `path` left its temporary (the pipeline renames a store when complete)."""
+    for parent, name in ((path.parent, path.name), (path.parent.parent, path.parent.name)):
+        if parent.is_dir() and any(parent.glob(f".{name}.tmp-*")):
+            return f"; only the unfinished temporary {parent}/.{name}.tmp-* is there (its job did not finish: rerun it)"
+    return ""
+
+
+def store_info(path: str | Path) -> dict:
+    """Shape, dtype, chunks, rows, images and provenance of a store the pipeline wrote (read-only).
+
+    Opened with the library's readers, so a store whose writer did not finish is refused (StoreError).
+    """
+    import numpy as np
+    import zarr
+
+    from .store import ActivationStore, ClassVectorStore, CropStore, RowStore, StoreError
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no store at {path}{_unfinished_hint(path)}")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} is not a Zarr store (no zarr.json)")
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    kind = attrs.get("kind", "?")
+    info: dict[str, Any] = {"path": str(path), "kind": kind}
+    if "n_rows" in attrs:  # activations, crop vectors, NAVE segments: row stores
+        reader = {"activations": ActivationStore, "crop_vectors": CropStore}.get(kind, RowStore)
+        store = reader(path)  # refuses an unfinished store
+        info["rows"] = len(store)
+        arrays = {name: store[name] for name in sorted(store.group.array_keys())}
+        if "image_id" in arrays:
+            info["images"] = int(len(np.unique(arrays["image_id"][:])))
+        if "label" in arrays:
+            info["classes"] = int(len(np.unique(arrays["label"][:])))
+    elif "classes" in attrs and "counts" in attrs:  # per-class vector sets (contrast cutoff vectors)
+        store = ClassVectorStore(path)
+        info["classes"] = len(store.classes)
+        info["rows"] = int(sum(store.counts.values()))
+        if store.counts:
+            info["per_class"] = f"{min(store.counts.values())}-{max(store.counts.values())} rows per class; arrays of the first class shown"
+        arrays = {f"c{c}/{name}": store.group[f"c{c}/{name}"] for c in store.classes[:1] for name in ("vectors", "image_id", "position")}
+    else:
+        group = zarr.open_group(str(path), mode="r")
+        if group.attrs.get("complete") is not True:
+            raise StoreError(f"store {path} is incomplete (its writer did not finish); rerun the job that makes it")
+        arrays = {name: group[name] for name in sorted(group.array_keys())}
+    info["arrays"] = {
+        name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "compressors": _codecs(a)}
+        for name, a in arrays.items()
+    }
+    info["bytes_on_disk"] = _disk_size(path)
+    info["attrs"] = {k: v for k, v in attrs.items() if k not in ("classes", "counts")}
+    return info
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir() and not (path / "zarr.json").exists() and any(path.glob("*.zarr")):
+        stores = sorted(path.glob("*.zarr"))  # a folder of stores: one line each
+        rows = [("store", "kind", "rows", "main array", "dtype")]
+        for sub in stores:
+            try:
+                info = store_info(sub)
+            except _user_errors() as err:
+                rows.append((sub.name, f"error: {err}", "", "", ""))
+                continue
+            main = next(iter(n for n in ("activations", "vectors") if n in info["arrays"]), next(iter(info["arrays"]), ""))
+            arr = info["arrays"].get(main, {"shape": "", "dtype": ""})
+            rows.append((sub.name, info["kind"], info.get("rows", ""), f"{main} {tuple(arr['shape'])}", arr["dtype"]))
+        print(_table(rows))
+        return 0
+    info = store_info(path)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    attrs = info["attrs"]
+    print(f"store     {info['path']}")
+    print(f"kind      {info['kind']} (complete)")
+    counts = [f"{info['rows']} rows"] if "rows" in info else []
+    counts += [f"{info[k]} {k}" for k in ("images", "classes") if k in info]
+    counts += [info["per_class"]] if "per_class" in info else []
+    if counts:
+        print(f"rows      {', '.join(counts)}")
+    print(f"on disk   {_human(info['bytes_on_disk'])}")
+    print("arrays")
+    print(_table([(name, str(tuple(a["shape"])), a["dtype"], f"chunks {tuple(a['chunks'])}", a["compressors"])
+                  for name, a in info["arrays"].items()], indent="  "))
+    print("provenance")
+    skip = {"kind", "complete", "n_rows"}
+    rows = [(f"{key}:", json.dumps(value, default=str) if isinstance(value, (dict, list)) else value)
+            for key, value in attrs.items() if key not in skip and key != "versions"]
+    if "versions" in attrs:
+        rows.append(("versions:", ", ".join(f"{k} {v}" for k, v in attrs["versions"].items())))
+    print(_table(rows, indent="  "))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def jobs_by_method(config: dict) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """(dataset, model, layers) each method block of a resolved config runs on (the rules' own selection)."""
+    from .config import cluscam_layers, cluscam_pairs, dora_layers, dora_pairs, method_jobs, method_pairs, nave_layer_sets
+
+    out = {}
+    for block in ("concepts", "contrast", "cladec"):
+        jobs = method_jobs(config, block)
+        out[block] = [(ds, m, [layer for d, n, layer in jobs if (d, n) == (ds, m)]) for ds, m in method_pairs(config, block)]
+    out["nave"] = [(ds, m, ["+".join(s) for s in nave_layer_sets(config, m)]) for ds, m in method_pairs(config, "nave")]
+    out["dora"] = [(ds, m, dora_layers(config, m)) for ds, m in dora_pairs(config)]
+    out["cluscam"] = [(ds, m, cluscam_layers(config, m)) for ds, m in cluscam_pairs(config)]
+    return out
+
+
+def _describe_dataset(spec: dict) -> str:
+    text = spec["kind"]
+    if spec["kind"] == "imagefolder":
+        text += f" {spec['root']}"
+    if spec["kind"] == "combined":
+        text += " of " + " + ".join(p["kind"] if isinstance(p, dict) else str(p) for p in spec["parts"])
+    if spec.get("max_per_class"):
+        text += f", at most {spec['max_per_class']} per class"
+    if spec.get("shortcut"):
+        s = spec["shortcut"]
+        text += f"; shortcut: {s['pattern']} {s['size']} px on {s['fraction']:.0%} of class {s['class']}'s training images"
+    return text
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import ConfigError, resolve_config
+
+    path = Path(args.configfile)
+    if not path.is_file():
+        raise CliError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CliError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    try:
+        config = resolve_config(raw if raw is not None else {}, base_dir=Path.cwd())
+    except ConfigError as err:
+        raise CliError(f"{path}: {err}") from None
+    if args.full:
+        print(yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=120), end="")
+        return 0
+    print(f"{path}: valid")
+    print(f"results: {config['results']}   device: {config['device']}   seed: {config['seed']}")
+    print("datasets")
+    print(_table([(name, _describe_dataset(spec)) for name, spec in config["datasets"].items()], indent="  ") or "  (none)")
+    print("models")
+    rows = []
+    for name, spec in config["models"].items():
+        weights = f"train on {spec['train_dataset']}" if spec["weights"] == "train" else spec["weights"]
+        rows.append((name, spec["arch"], f"weights: {weights}", f"eval: {', '.join(spec['eval_datasets'])}",
+                     f"layers: {', '.join(spec['layers']) or '-'}"))
+    print(_table(rows, indent="  ") or "  (none)")
+    print("methods (dataset / model: layers)")
+    rows = []
+    for block, jobs in jobs_by_method(config).items():
+        if not jobs:
+            rows.append((block, "-"))
+        for i, (ds, m, layers) in enumerate(jobs):
+            rows.append((block if i == 0 else "", f"{ds} / {m}: {', '.join(layers)}"))
+    print(_table(rows, indent="  "))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conceptscope",
+        description="Look up architectures, layers and dataset kinds for config.yaml; inspect stores the pipeline wrote.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("models", help="architectures valid as models.<name>.arch")
+    p.add_argument("--torchvision", action="store_true", help="also list the torchvision model names")
+    p.set_defaults(run=cmd_models)
+
+    p = sub.add_parser("layers", help="layer names of an architecture (for `layers:`), output shapes, non-negativity")
+    p.add_argument("arch", help="an arch name, e.g. mobilenet_v2, vgg_small, torchvision:resnet18")
+    p.add_argument("--kind", choices=("conv", "all"), default="conv",
+                   help="conv (default): layers with (C, h, w) maps, what activation stores hold; all: every named module")
+    p.add_argument("--filter", metavar="SUBSTR", help="only layer names containing SUBSTR")
+    p.add_argument("--input-size", type=int, help="input side in pixels (default: the arch's, as preprocess.input_size)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the arch's, as preprocess.channels)")
+    p.add_argument("--num-classes", type=int, help="output classes (default: 10 for the small nets, 1000 otherwise)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_layers)
+
+    p = sub.add_parser("datasets", help="dataset kinds valid as datasets.<name>.kind")
+    p.set_defaults(run=cmd_datasets)
+
+    p = sub.add_parser("store", help="shape, chunks and provenance of an activation / crop store (or a folder of them)")
+    p.add_argument("path", help="a .zarr store written by the pipeline, e.g. results/activations/photos/mobilenet_v2/features.18.zarr")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_store)
+
+    p = sub.add_parser("config", help="validate a config and show what the pipeline will run")
+    p.add_argument("--configfile", default="config.yaml", help="config file (default: config.yaml); relative paths in it are taken from the working directory")
+    p.add_argument("--full", action="store_true", help="print the whole resolved config (every default filled in) as YAML")
+    p.set_defaults(run=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except _user_errors() as err:
+        message = str(err) if not isinstance(err, FileNotFoundError) else f"{err.strerror}: {err.filename}"
+        print(f"conceptscope {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # e.g. `conceptscope layers ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
