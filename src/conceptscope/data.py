@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .utils import atomic_path, write_json
 
@@ -245,7 +246,12 @@ def _split_layout(folder: Path, labels: dict[str, str] | None) -> list[tuple[Pat
     """(image, class name) of one split folder: class sub-folders, or a flat folder named in `labels`."""
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if class_dirs or labels is None:
-        return [(path, d.name) for d in class_dirs for path in _list_images(d)]
+        items = [(path, d.name) for d in class_dirs for path in _list_images(d)]
+        empty = [str(d) for d in class_dirs if not _list_images(d)]
+        if empty:  # a class without images would silently vanish from the label space
+            raise DatasetError(f"class folder {empty[0]} has no images (suffixes {sorted(IMAGE_SUFFIXES)})"
+                               + (f", nor have {len(empty) - 1} more" if len(empty) > 1 else "") + "; remove it or add its images")
+        return items
     return [(path, labels[path.name]) for path in _list_images(folder) if path.name in labels]
 
 
@@ -415,13 +421,38 @@ def _plant_shortcut(records: pd.DataFrame, shortcut: dict) -> pd.DataFrame:
     return pd.concat([records, test], ignore_index=True)
 
 
+def _checked_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file decoded in full (JPEGs at a reduced scale: fast, and still to
+    the last byte), so a truncated or non-image file fails here with its name, not later in a job."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: not a readable image ({error}); replace or remove the file") from None
+    return size
+
+
 def _fill_sizes(records: pd.DataFrame, base: Path) -> None:
-    """Width/height of file-backed images from their headers (no decoding)."""
+    """Width/height of file-backed images; every file is decoded once to catch unreadable ones."""
     missing = records.index[records["width"] < 0]
-    for i in missing:
+    for i in tqdm(missing, desc="checking images", leave=False, disable=len(missing) < 1000):
         source = Path(records.at[i, "source"])
-        with Image.open(source if source.is_absolute() else base / source) as im:
-            records.at[i, "width"], records.at[i, "height"] = im.size
+        records.at[i, "width"], records.at[i, "height"] = _checked_size(source if source.is_absolute() else base / source)
+
+
+def _check_boxes(records: pd.DataFrame, box_file: str) -> None:
+    """Object boxes must lie inside their images: a box file of other images is an error, not a silent misfit."""
+    boxed = records.dropna(subset=list(BOX_COLUMNS))
+    bad = boxed[(boxed["box_x0"] < 0) | (boxed["box_y0"] < 0) | (boxed["box_x1"] > boxed["width"]) | (boxed["box_y1"] > boxed["height"])
+                | (boxed["box_x0"] >= boxed["box_x1"]) | (boxed["box_y0"] >= boxed["box_y1"])]
+    if len(bad):
+        row = bad.iloc[0]
+        box = tuple(int(v) for v in row[list(BOX_COLUMNS)])
+        raise DatasetError(f"{box_file}: the box of {Path(row['source']).name} {box} (pixel edges) does not fit its "
+                           f"{row['width']}x{row['height']} image ({len(bad)} boxes like it); is it the box file of these images?")
 
 
 def prepare_dataset(spec: dict, out_dir: str | Path, name: str = "") -> Path:
@@ -446,6 +477,8 @@ def prepare_dataset(spec: dict, out_dir: str | Path, name: str = "") -> Path:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(content)
         _fill_sizes(records, tmp)
+        if spec.get("boxes"):
+            _check_boxes(records, spec["boxes"])
         shortcut = spec.get("shortcut")
         if shortcut:
             if not (records["split"] == "train").any():
@@ -529,8 +562,12 @@ class PreparedDataset:
             image = np.asarray(self._images_array()[row.array_index])
         else:
             source = Path(row.source)
-            with Image.open(source if source.is_absolute() else self.path / source) as im:
-                image = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
+            path = source if source.is_absolute() else self.path / source
+            try:
+                with Image.open(path) as im:
+                    image = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
+            except (OSError, SyntaxError, ValueError) as error:  # changed since the dataset was prepared
+                raise DatasetError(f"{path} (image_id {row.image_id}): not a readable image ({error})") from None
         if row.wm_x0 >= 0:
             image = stamp_watermark(image, (row.wm_x0, row.wm_y0, row.wm_x1, row.wm_y1), self._pattern)
         return image
