@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +72,24 @@ def test_recorded_output_is_not_changed_by_a_later_in_place_op(photos, mobilenet
         expected = stem[1](stem[0](model.features[0](batch)))  # conv, BatchNorm: before the ReLU6
     assert expected.min() < 0
     np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-5)
+
+
+def test_nan_activations_and_float16_overflow_are_refused_and_nothing_is_stored(tmp_path, photos, mobilenet):
+    model, preprocess = mobilenet
+    rows = select_images(photos.split("test")).head(4)
+    transform = build_transform(preprocess)
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.features[18][0].weight[7, 0, 0, 0] = float("nan")  # channel 7 of the last conv
+    first_batch = rows.image_id.tolist()[:2]  # the run stops at the first batch that has them
+    with pytest.raises(ValueError, match=re.escape(f"layer 'features.18' gives NaN or inf activations for image ids {first_batch}")):
+        extract_activations(broken, photos, rows, ["features.18"], transform, tmp_path / "nan", batch_size=2, progress=False)
+    loud = copy.deepcopy(model)
+    with torch.no_grad():
+        loud.features[17].conv[2].weight *= 1e6  # block 17's projection (no ReLU after it): finite in float32, not in float16
+    with pytest.raises(ValueError, match="beyond float16"):
+        extract_activations(loud, photos, rows, ["features.17"], transform, tmp_path / "f16", dtype="float16", progress=False)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "f16").exists()
 
 
 def test_float16_store_and_dask_reader(tmp_path, photos, mobilenet):

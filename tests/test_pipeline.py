@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,9 @@ import yaml
 from conftest import ROOT
 
 
-def snakemake(workdir, *args, configfile="config.yaml"):
+def snakemake(workdir, *args, configfile="config.yaml", env=None):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", configfile, *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
 
 
 def planned_jobs(workdir, configfile="config.yaml") -> dict[str, int]:
@@ -38,8 +39,12 @@ def finished_run(tmp_path_factory):
     config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
     config["results"] = "results"
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    # no network at run time: every Python process of the run (Snakemake and each job) loads
+    # tests/netblock/sitecustomize.py, which fails and records any connection beyond this machine
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "netblock"), os.environ.get("PYTHONPATH")])),
+               CONCEPTSCOPE_NETLOG=str(workdir / "network.log"))
     # one thread per job, two jobs at a time: most of a tiny job is its single-threaded start-up
-    run = snakemake(workdir, "--cores", "2", "--max-threads", "1")
+    run = snakemake(workdir, "--cores", "2", "--max-threads", "1", env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir, config
 
@@ -64,6 +69,14 @@ def test_tiny_run_writes_models_table(finished_run):
     assert set(preds.split) == {"train", "test", "test_watermarked"} and len(preds) == 360
     log = pd.read_csv(workdir / "results" / "models" / "vgg_shortcut" / "train_log.csv")
     assert list(log.columns) == ["epoch", "loss", "train_acc"]
+
+
+def test_the_run_made_no_network_access(finished_run):
+    workdir, _ = finished_run
+    loaded = (workdir / "network.log.loaded").read_text().splitlines()
+    # the guard was in every job's interpreter (e.g. each activation extraction), and nothing tried the network
+    assert sum("extract_activations.py" in line for line in loaded) == 3 and len(loaded) > 50
+    assert not (workdir / "network.log").exists(), (workdir / "network.log").read_text()
 
 
 def test_rerun_has_nothing_to_do(finished_run):

@@ -102,6 +102,18 @@ def _writers(out_dir: Path, layers: Sequence[str], n_rows: int, attrs: dict, **s
 
 
 @torch.no_grad()
+def _check_finite(acts: np.ndarray, layer: str, image_ids: np.ndarray, dtype: str) -> None:
+    """Refuse activations (B, ...) that hold NaN or inf, or that the store's float16 cannot hold."""
+    finite = np.isfinite(acts.reshape(len(acts), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"layer {layer!r} gives NaN or inf activations for image ids {image_ids[~finite][:5].tolist()}; "
+                         "check the model's weights and the preprocessing (nothing was stored)")
+    limit = float(np.finfo(np.float16).max)
+    if dtype == "float16" and acts.size and float(np.abs(acts).max()) > limit:
+        raise ValueError(f"layer {layer!r} has activations up to {float(np.abs(acts).max()):.4g}, beyond float16's {limit:g}; "
+                         "set activations.dtype to float32")
+
+
 def extract_activations(
     model: nn.Module,
     data: PreparedDataset,
@@ -142,8 +154,10 @@ def extract_activations(
                 model(images.to(device))
                 stop = start + len(labels)
                 for layer, writer in writers.items():
+                    acts = recorder.outputs[layer].float().cpu().numpy()
+                    _check_finite(acts, layer, image_ids.numpy(), dtype)
                     writer.append(
-                        activations=recorder.outputs[layer].float().cpu().numpy(),
+                        activations=acts,
                         image_id=image_ids.numpy().astype(np.int64),
                         label=labels.numpy().astype(np.int64),
                         group=groups[start:stop].astype(np.int64),
