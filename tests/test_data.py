@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conceptscope.config import resolve_config
+from conceptscope.config import ConfigError, resolve_config
 from conceptscope.data import DatasetError, PreparedDataset, imagenet_wnids, prepare_dataset, watermark_pattern
 
 from conftest import digits_spec
@@ -77,8 +77,14 @@ def test_shortcut_fraction_stamps_that_share(tmp_path):
 
 
 def test_shortcut_larger_than_image_is_refused(tmp_path):
+    # the config refuses it before any job runs
+    with pytest.raises(ConfigError, match=r"'datasets.d.shortcut.size': the digits are 28x28"):
+        digits_spec(shortcut={"class": 0, "size": 40})
+    # and the data layer on its own, for a spec that did not come through the config
+    spec = digits_spec(shortcut={"class": 0, "size": 8})
+    spec["shortcut"]["size"] = 40
     with pytest.raises(DatasetError, match="watermark size 40"):
-        prepare_dataset(digits_spec(shortcut={"class": 0, "size": 40}), tmp_path / "d")
+        prepare_dataset(spec, tmp_path / "d")
     assert not (tmp_path / "d").exists()
 
 

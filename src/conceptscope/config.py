@@ -145,6 +145,8 @@ def _check_dataset(name: str, raw: dict, spec: dict, base: Path) -> None:
         n_classes = num_classes_of(resolved)
         if shortcut["class"] >= n_classes:
             raise ConfigError(f"config key '{key}.shortcut.class': expected a label index below {n_classes}, got {shortcut['class']}")
+        if spec["kind"] == "digits" and shortcut["size"] > 28:
+            raise ConfigError(f"config key '{key}.shortcut.size': the digits are 28x28 pixels, a {shortcut['size']} px watermark does not fit")
 
 
 def _combined_parts(name: str, spec: dict, datasets: dict) -> list[dict]:
@@ -446,11 +448,22 @@ def _check_block_models(config: dict, block: str, label: str) -> None:
             raise ConfigError(f"config key '{block}.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
         if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
             raise ConfigError(f"config key '{block}.datasets[{i}]': dataset {ds!r} is not an eval dataset of any {label} model {opts['models']}")
+    from .models import ModelError, build_model, get_layer, resolve_preprocess
+
     for name, layers in opts["layers"].items():
         if name not in opts["models"]:
             raise ConfigError(f"config key '{block}.layers.{name}': {name!r} is not one of {block}.models {opts['models']}")
         if len(set(layers)) != len(layers):
             raise ConfigError(f"config key '{block}.layers.{name}': layers repeat in {layers}")
+        spec = models[name]
+        model = build_model(spec["arch"], model_num_classes(spec, datasets), resolve_preprocess(spec["arch"], spec["preprocess"])["channels"])
+        for layer in layers:
+            if layer == "logits":
+                continue
+            try:
+                get_layer(model, layer)
+            except ModelError as err:
+                raise ConfigError(f"config key '{block}.layers.{name}': {err}") from None
 
 
 def dora_pairs(config: dict) -> list[tuple[str, str]]:

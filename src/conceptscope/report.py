@@ -76,6 +76,7 @@ def _nave(tables: dict) -> pd.DataFrame:
     frame = tables["nave_watermark"]
     parts = []
     for (method, clustering, k, strategy), part in frame.groupby(["method", "clustering", "k", "strategy"], sort=False):
+        k = int(k) if float(k).is_integer() else k  # read as float where the table has empty cells
         name = f"images where a segment's {strategy} box covers the watermark (IoU >= 0.5; {method}, {clustering}, K={k})"
         parts.append(_measure(part, "nave", name, part["covered_rate"], part["layers"]))
     return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
