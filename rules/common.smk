@@ -370,6 +370,8 @@ def cluscam_sweeps():
 # ---- report (helpers of rules/report.smk) ------------------------------------------------------
 import yaml
 
+from conceptscope.report import SHORTCUT_TABLES
+
 TABLE_PAGES = yaml.safe_load(Path(workflow.basedir, "report", "tables.yaml").read_text())
 
 

@@ -6,7 +6,7 @@ report: front_page_path()
 
 rule summarize_shortcut:
     input:
-        tables=lambda w: [result("tables", f"{name}.csv") for name in run_tables()],
+        tables=lambda w: [result("tables", f"{name}.csv") for name in run_tables() if name in SHORTCUT_TABLES],
     output:
         summary=result("tables", "shortcut_summary.csv"),
         front=result("report", "front.rst"),
@@ -17,6 +17,7 @@ rule summarize_shortcut:
         "../envs/conceptscope.yaml"
     params:
         config={key: config[key] for key in ("results", "seed", "device", "datasets", "models")},
+        tables=lambda w: run_tables() + ["shortcut_summary"],
     script:
         "../workflow_scripts/summarize_shortcut.py"
 

@@ -1,8 +1,6 @@
 """Rule summarize_shortcut: tables/shortcut_summary.csv (every method's planted-shortcut measure, each
 shortcut model beside its clean twin) and report/front.rst, the report's front page."""
 
-from pathlib import Path
-
 from _common import setup
 from conceptscope.report import front_page, read_tables, shortcut_pairs, shortcut_summary
 from conceptscope.utils import atomic_path
@@ -16,6 +14,6 @@ summary = shortcut_summary(tables, pairs)
 log.info("shortcut pairs %s; %d measures\n%s", pairs, len(summary), summary.to_string())
 with atomic_path(sm.output.summary) as tmp:
     summary.to_csv(tmp, index=False, float_format="%.4f")
-page = front_page(config, tables["models"], summary, [Path(p).stem for p in sm.input.tables] + ["shortcut_summary"])
+page = front_page(config, tables["models"], summary, sm.params.tables)
 with atomic_path(sm.output.front) as tmp:
     tmp.write_text(page)

@@ -107,7 +107,8 @@ def layer_table(arch: str, *, num_classes: int | None = None, channels: int | No
     initialised network has negative values on such input. The concepts and contrast methods (NMF)
     need non-negative layers; shapes do not depend on the weights. `inplace_modified`: a later
     in-place operation (e.g. torchvision's ReLU6(inplace=True) after a BatchNorm) overwrites the
-    output, so a forward hook (and an activation store) sees the values after it. `calls`: how often
+    output; the activation store keeps a copy taken before it, a hook of your own that keeps the
+    tensor does not. `calls`: how often
     the module ran (a store keeps the last call). Returns (rows, preprocess with num_classes).
     """
     import torch
@@ -184,8 +185,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     print(_table(table))
     print(">= 0: the layer's output is non-negative (it ends in a ReLU); the concepts and contrast methods (NMF) need that")
     if any(r["inplace_modified"] for r in rows):
-        print("overwritten in place later: a following in-place op (e.g. ReLU6(inplace=True)) changes this output, "
-              "so a stored map holds the values after it; prefer the enclosing block")
+        print("overwritten in place later: a following in-place op (e.g. ReLU6(inplace=True)) changes this output "
+              "after it is computed; the activation store keeps a copy, a hook of your own must clone it")
     if any(r["calls"] > 1 for r in rows):
         print("runs N times: the module is reused in the forward pass; a stored map holds its last call")
     return 0
@@ -288,7 +289,7 @@ def store_info(path: str | Path) -> dict:
     import numpy as np
     import zarr
 
-    from .store import ActivationStore, ClassVectorStore, CropStore, RowStore, StoreError
+    from .store import ActivationStore, ClassVectorStore, CropStore, RowStore, StoreError, open_complete
 
     path = Path(path)
     if not path.exists():
@@ -315,9 +316,7 @@ def store_info(path: str | Path) -> dict:
             info["per_class"] = f"{min(store.counts.values())}-{max(store.counts.values())} rows per class; arrays of the first class shown"
         arrays = {f"c{c}/{name}": store.group[f"c{c}/{name}"] for c in store.classes[:1] for name in ("vectors", "image_id", "position")}
     else:
-        group = zarr.open_group(str(path), mode="r")
-        if group.attrs.get("complete") is not True:
-            raise StoreError(f"store {path} is incomplete (its writer did not finish); rerun the job that makes it")
+        group = open_complete(path)
         arrays = {name: group[name] for name in sorted(group.array_keys())}
     info["arrays"] = {
         name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "compressors": _codecs(a)}

@@ -9,6 +9,7 @@ same schema), so a bad config stops before any job runs and before anything is w
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def _combined_parts(name: str, spec: dict, datasets: dict) -> list[dict]:
 
 
 def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
-    from .models import ModelError, build_model, get_arch, get_layer, resolve_preprocess, weights_file
+    from .models import ModelError, get_arch, resolve_preprocess, weights_file
 
     key = f"models.{name}"
     try:
@@ -190,15 +191,30 @@ def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
         weights = str((base / weights).expanduser())
     try:
         weights_file(spec["arch"], weights)
-        preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
+        resolve_preprocess(spec["arch"], spec["preprocess"])
     except ModelError as err:
         raise ConfigError(f"config key '{key}.weights' / '{key}.preprocess': {err}") from None
-    model = build_model(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"])
-    for layer in spec["layers"]:
+    _check_layer_names(spec, datasets, spec["layers"], f"{key}.layers")
+
+
+@functools.lru_cache(maxsize=None)
+def _untrained_model(arch: str, num_classes: int, channels: int):
+    """A model of the architecture with fresh weights, built once per process (the checks read only its module names)."""
+    from .models import build_model
+
+    return build_model(arch, num_classes, channels)
+
+
+def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) -> None:
+    """Each layer a module of the model spec's architecture (`logits`, the output, always is)."""
+    from .models import ModelError, get_layer, resolve_preprocess
+
+    model = _untrained_model(spec["arch"], model_num_classes(spec, datasets), resolve_preprocess(spec["arch"], spec["preprocess"])["channels"])
+    for layer in (layer for layer in layers if layer != "logits"):
         try:
             get_layer(model, layer)
         except ModelError as err:
-            raise ConfigError(f"config key '{key}.layers': {err}") from None
+            raise ConfigError(f"config key '{key}': {err}") from None
 
 
 def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> None:
@@ -448,22 +464,12 @@ def _check_block_models(config: dict, block: str, label: str) -> None:
             raise ConfigError(f"config key '{block}.datasets[{i}]': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
         if opts["models"] and not any(ds in models[m]["eval_datasets"] for m in opts["models"]):
             raise ConfigError(f"config key '{block}.datasets[{i}]': dataset {ds!r} is not an eval dataset of any {label} model {opts['models']}")
-    from .models import ModelError, build_model, get_layer, resolve_preprocess
-
     for name, layers in opts["layers"].items():
         if name not in opts["models"]:
             raise ConfigError(f"config key '{block}.layers.{name}': {name!r} is not one of {block}.models {opts['models']}")
         if len(set(layers)) != len(layers):
             raise ConfigError(f"config key '{block}.layers.{name}': layers repeat in {layers}")
-        spec = models[name]
-        model = build_model(spec["arch"], model_num_classes(spec, datasets), resolve_preprocess(spec["arch"], spec["preprocess"])["channels"])
-        for layer in layers:
-            if layer == "logits":
-                continue
-            try:
-                get_layer(model, layer)
-            except ModelError as err:
-                raise ConfigError(f"config key '{block}.layers.{name}': {err}") from None
+        _check_layer_names(models[name], datasets, layers, f"{block}.layers.{name}")
 
 
 def dora_pairs(config: dict) -> list[tuple[str, str]]:

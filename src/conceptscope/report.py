@@ -113,6 +113,10 @@ SHORTCUT_MEASURES: dict[str, tuple[tuple[str, ...], Callable[[dict], pd.DataFram
 }
 
 
+# the tables the measures read (rule summarize_shortcut needs only these)
+SHORTCUT_TABLES = sorted({name for names, _ in SHORTCUT_MEASURES.values() for name in names})
+
+
 def shortcut_summary(tables: dict[str, pd.DataFrame], pairs: list[tuple[str, str, str]]) -> pd.DataFrame:
     """One row per shortcut model x method x measure x layer: its value beside its clean twin's.
 
@@ -129,15 +133,13 @@ def shortcut_summary(tables: dict[str, pd.DataFrame], pairs: list[tuple[str, str
         return pd.DataFrame(columns=columns)
     measures = pd.concat(measures, ignore_index=True)
     measures["layer"] = measures["layer"].fillna("").astype(str)
-    rows = []
+    keys = ["dataset", "method", "measure", "layer"]
+    parts = []
     for shortcut, clean, dataset in pairs:
-        mine = measures[(measures["model"] == shortcut) & (measures["dataset"] == dataset)]
-        theirs = measures[(measures["model"] == clean) & (measures["dataset"] == dataset)]
-        merged = mine.merge(theirs, on=["dataset", "method", "measure", "layer"], how="outer", suffixes=("", "_clean"), sort=False)
-        for row in merged.itertuples(index=False):
-            rows.append({"model": shortcut, "clean_twin": clean, "dataset": dataset, "method": row.method,
-                         "measure": row.measure, "layer": row.layer, "shortcut_model": row.value, "clean_model": row.value_clean})
-    return pd.DataFrame(rows, columns=columns)
+        mine, theirs = (measures.loc[(measures["model"] == m) & (measures["dataset"] == dataset), keys + ["value"]] for m in (shortcut, clean))
+        merged = mine.merge(theirs, on=keys, how="outer", suffixes=("", "_clean"), sort=False)
+        parts.append(merged.rename(columns={"value": "shortcut_model", "value_clean": "clean_model"}).assign(model=shortcut, clean_twin=clean))
+    return pd.concat(parts, ignore_index=True)[columns]
 
 
 def table_page(frame: pd.DataFrame, title: str, caption: str, query: str | None = None, max_rows: int = 2000,
@@ -182,7 +184,7 @@ document.querySelectorAll("table.table th").forEach((th, col) => th.addEventList
 def _rst_table(frame: pd.DataFrame) -> str:
     """A reStructuredText list-table of a frame (strings as shown)."""
     lines = [".. list-table::", "   :header-rows: 1", ""]
-    for i, row in enumerate([list(frame.columns)] + frame.astype(str).values.tolist()):
+    for row in [list(frame.columns)] + frame.astype(str).values.tolist():
         for j, cell in enumerate(row):
             cell = str(cell).replace("\n", " ") or " "
             lines.append(f"   {'* -' if j == 0 else '  -'} {cell}")
@@ -253,6 +255,7 @@ def browser_check(report: str | Path, screenshots: str | Path | None = None, tim
     `chromium` + `chromium-driver` (nothing is downloaded).
     """
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -276,39 +279,34 @@ def browser_check(report: str | Path, screenshots: str | Path | None = None, tim
         front = driver.execute_script("return document.querySelector('#app').innerText")
         if shots:
             driver.save_screenshot(str(shots / "front_page.png"))
-        entries = driver.execute_script(
-            "return Object.entries(results).map(([p, r]) => [p, r.mime_type, r.data_uri.length, r.caption.length])")
+        entries = driver.execute_script("return Object.entries(results).map(([p, r]) => [p, r.mime_type, r.caption.length])")
         status = {"results": len(entries), "figures": 0, "figures_loaded": 0, "pages": 0, "pages_loaded": 0,
                   "captions": sum(1 for *_, caption in entries if caption > 0), "failures": [], "front_page_text": front}
-        for path, mime, _, _ in entries:
+        # the element the viewer shows a result in: an <img> or an <iframe> whose src is the result's data URI
+        shown = ("const uri = results[arguments[0]].data_uri;"
+                 "return Array.from(document.querySelectorAll('#app ' + arguments[1])).find(e => e.getAttribute('src') === uri) || null;")
+        for path, mime, _ in entries:
             kind = "figures" if mime.startswith("image/") else "pages" if mime == "text/html" else None
             if kind is None:
                 continue
             status[kind] += 1
             # the viewer's own path: the same call its "view" button makes
             driver.execute_script("new ToggleViewManager(app).handleSelectedResult(arguments[0])", path)
-            if kind == "figures":
-                check = ("const uri = results[arguments[0]].data_uri;"
-                         "const img = Array.from(document.querySelectorAll('#app img')).find(i => i.getAttribute('src') === uri);"
-                         "return img && img.complete ? img.naturalWidth : -1;")
-            else:
-                check = ("const uri = results[arguments[0]].data_uri;"
-                         "const frame = Array.from(document.querySelectorAll('#app iframe')).find(f => f.getAttribute('src') === uri);"
-                         "return frame ? 1 : -1;")
+            tag = "img" if kind == "figures" else "iframe"
             try:
-                WebDriverWait(driver, 20).until(lambda d: d.execute_script(check, path) >= 0)
-                loaded = driver.execute_script(check, path) > 0
-            except Exception:  # noqa: BLE001 - a timeout is a failure to report, not to raise
+                element = WebDriverWait(driver, 20).until(lambda d: d.execute_script(shown, path, tag))
+                if kind == "figures":
+                    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return arguments[0].complete", element))
+                    loaded = driver.execute_script("return arguments[0].naturalWidth", element) > 0
+                else:
+                    driver.switch_to.frame(element)
+                    try:
+                        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+                        loaded = bool(driver.find_elements("css selector", "table"))
+                    finally:
+                        driver.switch_to.default_content()
+            except TimeoutException:  # not shown in time: a failure to report, not to raise
                 loaded = False
-            if loaded and kind == "pages":
-                frame = next(f for f in driver.find_elements("css selector", "#app iframe")
-                             if f.get_attribute("src") == driver.execute_script("return results[arguments[0]].data_uri", path))
-                driver.switch_to.frame(frame)
-                try:
-                    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
-                    loaded = bool(driver.find_elements("css selector", "table"))
-                finally:
-                    driver.switch_to.default_content()
             if loaded:
                 status[f"{kind}_loaded"] += 1
                 if shots and status[f"{kind}_loaded"] == 1:

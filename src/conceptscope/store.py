@@ -153,16 +153,22 @@ class RowStoreWriter:
         self._thread.join()
 
 
+def open_complete(path: Path, what: str = "store") -> zarr.Group:
+    """The Zarr group at `path`, read-only; a missing store, or one whose writer did not finish, is refused."""
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"no {what} at {path}")
+    group = zarr.open_group(str(path), mode="r")
+    if group.attrs.get("complete") is not True:
+        raise StoreError(f"store {path} is incomplete (its writer did not finish); rerun the job that makes it")
+    return group
+
+
 class RowStore:
     """Read access to a complete row store: zarr arrays, NumPy slices and dask views."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"no store at {self.path}")
-        self.group = zarr.open_group(str(self.path), mode="r")
-        if self.group.attrs.get("complete") is not True:
-            raise StoreError(f"store {self.path} is incomplete (its writer did not finish); rerun the job that makes it")
+        self.group = open_complete(self.path)
 
     @property
     def attrs(self) -> dict:
@@ -250,13 +256,7 @@ class ClassVectorStore:
 
     def __init__(self, path: str | Path, *, _group: zarr.Group | None = None):
         self.path = Path(path)
-        if _group is None:
-            if not (self.path / "zarr.json").is_file():
-                raise StoreError(f"no class-vector store at {self.path}")
-            _group = zarr.open_group(str(self.path), mode="r")
-            if _group.attrs.get("complete") is not True:
-                raise StoreError(f"store {self.path} is incomplete (its writer did not finish); rerun the job that makes it")
-        self.group = _group
+        self.group = open_complete(self.path, "class-vector store") if _group is None else _group
 
     @classmethod
     def create(cls, path: str | Path, attrs: dict[str, Any] | None = None, compression: str = "zstd") -> "ClassVectorStore":
