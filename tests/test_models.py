@@ -96,3 +96,35 @@ def test_preprocess_overrides_and_grey_to_rgb():
     assert tensor.shape == (3, 56, 56)
     with pytest.raises(ModelError, match="mean"):
         resolve_preprocess("vgg_small", {"channels": 3, "mean": [0.1, 0.2]})
+
+
+@pytest.mark.parametrize("preprocess", [
+    {"channels": 3, "resize": 256, "input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    {"channels": 1, "resize": None, "input_size": 28, "mean": [0.5], "std": [0.5]},
+    {"channels": 3, "resize": 48, "input_size": 97, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]},  # crop larger than the image: padding
+    {"channels": 3, "resize": None, "input_size": None, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+])
+def test_transforms_give_torchvisions_pixels_on_real_photos(preprocess, imagenette_root, tiny_imagenet_root):
+    """Our torchvision-free transforms (importing torchvision costs each job ~1.7 s) must give exactly
+    the tensors of torchvision's Grayscale/RGB, Resize(BILINEAR, antialias), CenterCrop, ToTensor, Normalize."""
+    from torchvision import transforms as T
+
+    from conceptscope.models import build_frame_transform
+
+    steps = [T.Grayscale(1) if preprocess["channels"] == 1 else T.Lambda(lambda im: im.convert("RGB"))]
+    if preprocess["resize"]:
+        steps.append(T.Resize(preprocess["resize"], interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+    if preprocess["input_size"]:
+        steps.append(T.CenterCrop(preprocess["input_size"]))
+    reference_frame = T.Compose(steps)
+    reference = T.Compose([reference_frame, T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])
+    paths = sorted((imagenette_root / "val").rglob("*.JPEG"))[:6] + sorted((tiny_imagenet_root / "val").rglob("*.JPEG"))[:3]
+    images = [Image.open(path) for path in paths]
+    images += [images[0].convert("L"), images[0].convert("CMYK"), images[0].crop((0, 0, 301, 157))]  # greyscale, CMYK, odd landscape
+    ours, ours_frame = build_transform(preprocess), build_frame_transform(preprocess)
+    for image in images:
+        expected = reference(image)
+        got = ours(image)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected), f"transform differs from torchvision's on a {image.mode} {image.size} image"
+        assert np.array_equal(np.asarray(ours_frame(image)), np.asarray(reference_frame(image)))

@@ -106,16 +106,28 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def _torchvision_version() -> str:
+    """torchvision's full version (e.g. '0.29.1+cu130') read from its version.py: importing the package costs ~1.7 s."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return "not installed"
+    text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M)
+    return found.group(1) if found else "unknown"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape numerical results, for provenance attributes."""
     import torch
-    import torchvision
 
     versions = {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _torchvision_version(),
     }
     from . import __version__
 
