@@ -11,7 +11,7 @@ rule extract_activations:
     cache: "omit-software"
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,
@@ -35,7 +35,7 @@ rule extract_crop_vectors:
     cache: "omit-software"
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=1440,
@@ -58,7 +58,7 @@ rule build_crop_index:
     cache: "omit-software"
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=16000,
         runtime=720,

@@ -17,7 +17,7 @@ rule train_reconstructor:
         result("logs", "train_reconstructor", "{dataset}", "{model}", "{layer}", "{variant}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=1440,
@@ -40,7 +40,7 @@ rule evaluate_reconstructor:
         result("logs", "evaluate_reconstructor", "{dataset}", "{model}", "{layer}", "{variant}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=1440,
@@ -67,7 +67,7 @@ rule cladec_occlusion:
         result("logs", "cladec_occlusion", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,
@@ -121,7 +121,7 @@ rule cladec_watermark:
         result("logs", "cladec_watermark", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=4000,
         runtime=120,

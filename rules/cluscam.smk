@@ -18,7 +18,7 @@ rule cluscam_saliency:
         result("logs", "cluscam_saliency", "{dataset}", "{model}", "{cam_layer}", "{method}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=lambda w: 1440 if w.method in config["cluscam"]["costly"]["methods"] else 480,
@@ -48,7 +48,7 @@ rule cluscam_sweep:
         result("logs", "cluscam_sweep", "{dataset}", "{model}", "{cam_layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,

@@ -12,7 +12,7 @@ rule extract_concepts:
         result("logs", "extract_concepts", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=16000,
         runtime=1440,
@@ -42,7 +42,7 @@ rule concept_crops:
         result("logs", "concept_crops", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,

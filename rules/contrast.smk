@@ -13,7 +13,7 @@ rule extract_contrast_vectors:
         result("logs", "extract_contrast_vectors", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=16000,
         runtime=1440,
@@ -35,7 +35,7 @@ rule train_contrast_hyperplanes:
         result("logs", "train_contrast_hyperplanes", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=16000,
         runtime=1440,
@@ -58,7 +58,7 @@ rule run_shifting_test:
         result("logs", "run_shifting_test", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,
@@ -84,7 +84,7 @@ rule extract_contrast_concepts:
         result("logs", "extract_contrast_concepts", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,
@@ -114,7 +114,7 @@ rule contrast_crops:
         result("logs", "contrast_crops", "{dataset}", "{model}", "{layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=720,

@@ -16,7 +16,7 @@ rule dora_representations:
         result("logs", "dora_representations", "{dataset}", "{model}", "{rep_layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
@@ -41,7 +41,7 @@ rule dora_distances:
         result("logs", "dora_distances", "{dataset}", "{model}", "{rep_layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
@@ -71,7 +71,7 @@ rule dora_sams:
         result("logs", "dora_sams", "{dataset}", "{model}", "{rep_layer}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=1440,

@@ -13,7 +13,7 @@ rule train_model:
         model=_alternatives(TRAINED),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
@@ -52,7 +52,7 @@ rule predict:
         result("logs", "predict", "{dataset}", "{model}.log"),
     conda:
         "../envs/conceptscope.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
