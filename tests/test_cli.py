@@ -131,7 +131,7 @@ def test_unfinished_or_missing_store_is_refused(capsys, tmp_path):
 def test_config_summary_and_invalid_config(capsys, tmp_path):
     good = {"datasets": {"digits": {"kind": "digits"}},
             "models": {"vgg": {"arch": "vgg_small", "train_dataset": "digits", "layers": ["features.3", "features.7"]}},
-            "nave": {"models": ["vgg"]}}
+            "nave": {"models": ["vgg"], "layer_sets": [["features.3"]]}}  # features.7 alone is 1x1: too few pixels for K=5
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
     code, out, _ = run(capsys, "config", "--configfile", str(tmp_path / "good.yaml"))
     assert code == 0 and out.startswith(f"{tmp_path / 'good.yaml'}: valid")

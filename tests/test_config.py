@@ -149,6 +149,14 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["cladec"].update(layers=["layer3"]), ["cladec.layers[0]", "'layer3'", "vgg_shortcut"]),
         (lambda c: c.update(index={"type": "annoy"}), ["index.type", "'annoy'", "hnsw"]),
         (lambda c: c["concepts"].update(n_concepts=0), ["concepts.n_concepts", ">= 1"]),
+        # K larger than what there is to cluster: a layer's pixels (NAVE) or its feature maps (ClusCAM)
+        (lambda c: c.update(nave={"models": ["resnet_shortcut"], "layer_sets": [["layer3"]], "k": [5, 60]}),
+         ["nave.k", "K=60", "7x7 = 49 pixels", "'resnet_shortcut'", "K <= 49"]),
+        (lambda c: c.update(nave={"models": ["resnet_shortcut"], "layer_sets": [["layer2", "layer3"]], "resolution": 2}), ["nave.k", "2x2 = 4 pixels"]),
+        (lambda c: c["cluscam"].update(cluscam={"n_clusters": 200}), ["cluscam.cluscam.n_clusters", "K=200", "128 feature maps", "'layer3'"]),
+        (lambda c: c["cluscam"].update(sweep={"n_clusters": [2, 500]}), ["cluscam.sweep.n_clusters", "K=500", "K <= 128"]),
+        (lambda c: c["dora"]["sams"].update(max_representations=2), ["dora.sams.max_representations", ">= 3"]),
+        (lambda c: c.update(threads=0), ["'threads'", ">= 1"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):
@@ -177,6 +185,7 @@ def test_schema_rejects_non_mapping():
     (lambda c: c["models"]["vgg_clean"].update(layers=["features.42"]), "models.vgg_clean.layers"),
     (lambda c: c["dora"].update(layers={"resnet_shortcut": ["layer9"]}), "dora.layers.resnet_shortcut"),
     (lambda c: c["datasets"]["digits_shortcut"]["shortcut"].update(size=100), "datasets.digits_shortcut.shortcut.size"),
+    (lambda c: c["nave"].update(k=[5, 500]), "nave.k"),
 ])
 def test_snakemake_stops_before_any_job_with_one_clear_message(tmp_path, mutate, key):
     raw = default_config()

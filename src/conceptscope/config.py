@@ -217,6 +217,30 @@ def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) 
             raise ConfigError(f"config key '{key}': {err}") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _layer_shapes(arch: str, num_classes: int, channels: int, size: int, layers: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Output shapes (C, h, w) of the layers of a fresh model on a size x size input (one forward pass of zeros)."""
+    import torch
+
+    from .activations import LayerRecorder
+
+    model = _untrained_model(arch, num_classes, channels).eval()
+    with LayerRecorder(model, list(layers)) as recorder, torch.no_grad():
+        model(torch.zeros(1, channels, size, size))
+        return {layer: tuple(recorder.outputs[layer].shape[1:]) for layer in layers}
+
+
+def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str, tuple[int, ...]] | None:
+    """The (C, h, w) maps the layers of a model spec give on its input size; None where the input size
+    varies (preprocess.input_size null) and so do the maps."""
+    from .models import resolve_preprocess
+
+    preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
+    if not preprocess.get("input_size"):
+        return None
+    return _layer_shapes(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"], preprocess["input_size"], tuple(layers))
+
+
 def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> None:
     if selection["by"] != "prediction":
         return
@@ -344,7 +368,7 @@ def nave_layer_sets(config: dict, model: str) -> list[list[str]]:
 
 def _check_nave(config: dict) -> None:
     """The `nave` block: models, datasets, layer sets, and settings that cannot run."""
-    from .methods.nave import WARD_MAX_PIXELS
+    from .methods.nave import WARD_MAX_PIXELS, clustering_grid
 
     chosen = _check_method(config, "nave")
     opts, models = config["nave"], config["models"]
@@ -362,6 +386,17 @@ def _check_nave(config: dict) -> None:
     for key in ("k", "clustering", "strategies"):
         if len(set(opts[key])) != len(opts[key]):
             raise ConfigError(f"config key 'nave.{key}': values repeat in {opts[key]}")
+    for m in chosen:  # each image is clustered on its own: K cannot exceed the grid's pixels
+        for layer_set in nave_layer_sets(config, m):
+            shapes = layer_map_shapes(models[m], config["datasets"], layer_set)
+            if shapes is None:
+                continue
+            grid = clustering_grid(list(shapes.values()), opts["resolution"])
+            if grid[0] * grid[1] < max(opts["k"]):
+                raise ConfigError(
+                    f"config key 'nave.k': K={max(opts['k'])} exceeds the {grid[0]}x{grid[1]} = {grid[0] * grid[1]} pixels that "
+                    f"{m!r} layers {layer_set} give to cluster; expected K <= {grid[0] * grid[1]}, or set nave.resolution"
+                )
     classwide = opts["classwide"]
     if classwide["max_fit_pixels"] < classwide["k"]:
         raise ConfigError(f"config key 'nave.classwide.max_fit_pixels': {classwide['max_fit_pixels']} pixels cannot make {classwide['k']} clusters")
@@ -524,3 +559,12 @@ def _check_cluscam(config: dict) -> None:
     bins = opts["object_size_bins"]
     if list(bins) != sorted(set(bins)):
         raise ConfigError(f"config key 'cluscam.object_size_bins': edges must increase strictly, got {bins}")
+    wanted = [("cluscam.sweep.n_clusters", max(opts["sweep"]["n_clusters"], default=0))]
+    if "cluscam" in opts["methods"]:
+        wanted.append(("cluscam.cluscam.n_clusters", opts["cluscam"]["n_clusters"]))
+    for name in opts["models"]:  # ClusCAM clusters a layer's feature maps: K cannot exceed their number
+        layers = [layer for layer in cluscam_layers(config, name) if layer != "logits"]
+        for layer, shape in (layer_map_shapes(models[name], config["datasets"], layers) or {}).items():
+            for key, k in wanted:
+                if k > shape[0]:
+                    raise ConfigError(f"config key '{key}': K={k} exceeds the {shape[0]} feature maps of {name!r} layer {layer!r}; expected K <= {shape[0]}")
