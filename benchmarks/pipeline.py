@@ -1,6 +1,6 @@
 """Benchmark `pipeline`: the default run (config.yaml) cold in a fresh directory, a no-op rerun, the report.
 
-    .venv/bin/python benchmarks/pipeline.py [--config config.yaml] [--keep DIR]
+    .venv/bin/python benchmarks/pipeline.py [--config config.yaml] [--keep DIR] [--compare OTHER_RUN_DIR]
 
 Figures: default_cold_seconds (every method, `--cores all`), noop_rerun_seconds, report_seconds
 (`snakemake --report report.html`), report_mb, and what headless Chromium showed of that report
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     parser.add_argument("--keep", type=Path, help="run here (kept) instead of in a temporary directory")
+    parser.add_argument("--compare", type=Path, help="an earlier run's working directory: compare its tables with this run's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
@@ -53,6 +54,14 @@ def main() -> None:
                    "report_mb": round((workdir / "report.html").stat().st_size / 2**20, 1)}
         figures.update({f"report_{key}": status[key] for key in ("results", "figures", "figures_loaded", "pages", "pages_loaded", "captions")})
         figures["report_failures"] = len(status["failures"])
+        if args.compare:
+            from conceptscope.report import compare_tables
+
+            same = compare_tables(args.compare / "results", workdir / "results")
+            n = len(same["tables"])
+            figures["reproduced_tables"] = f"{n - len(same['different'])}/{n} identical"
+            figures["reproduced_values_compared"] = same["values"]
+            figures["reproduced_differences"] = same["different"]
     write_results("pipeline", figures)
 
 

@@ -60,6 +60,7 @@ def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_e
     assert mean_reconstruction_error(reference, digits_loader) < 0.5 * mean_image_error
 
 
+@pytest.mark.long  # 70 s (decoders and classifiers trained to learn): opt-in, the default suite keeps its 15-minute budget
 def test_evaluation_classifier_learns_the_task_from_reconstructions(shortcut_digits, digits_loader):
     from conceptscope.methods.cladec import evaluation_accuracy, fidelity, reconstructed_dataset
     from conceptscope.training import train_classifier

@@ -19,7 +19,7 @@ CONFIG = {
     "results": "results",
     "device": "cpu",
     "predict": {"splits": ["test"]},
-    "datasets": {"inet": {"kind": "imagefolder", "root": str(SHARED_DATA / "imagenette"), "train_dir": None, "test_dir": "val", "label_map": "imagenet", "max_per_class": 8}},
+    "datasets": {"inet": {"kind": "imagefolder", "root": str(SHARED_DATA / "imagenette"), "train_dir": None, "test_dir": "val", "label_map": "imagenet", "max_per_class": 4}},
     "models": {"mnv2": {"arch": "mobilenet_v2", "weights": "packaged", "eval_datasets": ["inet"], "layers": ["features.14", "features.18"]}},
     "activations": {"chunk_images": 4, "batch_size": 4},
     "concepts": {"models": []},  # extraction only (the concepts and contrast need train predictions)

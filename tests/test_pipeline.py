@@ -534,3 +534,40 @@ def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):
     front = status["front_page_text"]
     assert "The planted shortcut, method by method" in front and "vgg_shortcut" in front and "Accuracy" in front
     assert (ROOT / "test-artifacts" / "report" / "front_page.png").stat().st_size > 10_000
+
+
+def test_a_second_run_from_scratch_gives_identical_tables(finished_run, tmp_path):
+    """Reproducibility: the same config (same seeds) run again from nothing, in another directory,
+    gives every table value for value (exact, not approximate); only the columns that time the
+    methods (`seconds...`) may differ. Also the trained weights and the FAISS indexes, byte for byte."""
+    import shutil
+
+    from conceptscope.cli import main as cli
+    from conceptscope.report import compare_tables
+
+    workdir, config = finished_run
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "--cores", "2", "--max-threads", "1")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = compare_tables(workdir / "results", tmp_path / "results")
+    assert result["different"] == {} and not result["only_first"] and not result["only_second"]
+    assert len(result["tables"]) >= 20 and result["values"] > 5000  # a few tables are empty in the tiny run
+    assert cli(["compare", str(workdir / "results"), str(tmp_path / "results")]) == 0
+    for pattern in ("models/*/weights.pt", "index/*/*/*.faiss"):
+        files = sorted((workdir / "results").glob(pattern))
+        assert files, pattern
+        for path in files:
+            twin = tmp_path / "results" / path.relative_to(workdir / "results")
+            assert path.read_bytes() == twin.read_bytes(), f"{path.relative_to(workdir)} differs between the two runs"
+    # the comparison sees one changed value, and leaves the timing columns out
+    changed = tmp_path / "changed"
+    shutil.copytree(tmp_path / "results" / "tables", changed)
+    table = pd.read_csv(changed / "models.csv")
+    table.loc[0, "top1"] += 1e-12
+    table.to_csv(changed / "models.csv", index=False)
+    faithfulness = pd.read_csv(changed / "cluscam_faithfulness.csv")
+    faithfulness["seconds_per_image"] += 1.0
+    faithfulness.to_csv(changed / "cluscam_faithfulness.csv", index=False)
+    result = compare_tables(workdir / "results", changed)
+    assert list(result["different"]) == ["models.csv"] and "'top1' row 0" in result["different"]["models.csv"]
+    assert cli(["compare", str(workdir / "results"), str(changed)]) == 1

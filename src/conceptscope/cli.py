@@ -442,6 +442,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 when every table of the two runs is identical (timing columns aside), 1 otherwise."""
+    from .report import TIMING_COLUMNS, compare_tables
+
+    result = compare_tables(args.first, args.second)
+    for name in result["tables"]:
+        print(f"  {'DIFFERENT' if name in result['different'] else 'identical'}  {name}"
+              + (f": {result['different'][name]}" if name in result["different"] else ""))
+    for key, label in (("only_first", args.first), ("only_second", args.second)):
+        for name in result[key]:
+            print(f"  ONLY IN   {label}: {name}")
+    same = not (result["different"] or result["only_first"] or result["only_second"])
+    print(f"{len(result['tables']) - len(result['different'])} of {len(result['tables'])} tables identical "
+          f"({result['values']} values compared exactly; timing columns {', '.join(sorted(TIMING_COLUMNS))} left out)"
+          + ("" if same else "; the runs differ"))
+    return 0 if same else 1
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -479,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", default="config.yaml", help="config file (default: config.yaml); relative paths in it are taken from the working directory")
     p.add_argument("--full", action="store_true", help="print the whole resolved config (every default filled in) as YAML")
     p.set_defaults(run=cmd_config)
+
+    p = sub.add_parser("compare", help="are two runs' tables identical? (reproducibility; exit 1 when not)")
+    p.add_argument("first", help="a results folder (or its tables/), e.g. results")
+    p.add_argument("second", help="the other run's results folder")
+    p.set_defaults(run=cmd_compare)
     return parser
 
 

@@ -316,3 +316,50 @@ def browser_check(report: str | Path, screenshots: str | Path | None = None, tim
         return status
     finally:
         driver.quit()
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility: two runs' tables side by side
+
+TIMING_COLUMNS = frozenset({"seconds", "seconds_sem", "train_seconds", "seconds_per_image", "seconds_per_image_sem"})
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (for messages)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def compare_tables(first: str | Path, second: str | Path) -> dict:
+    """The CSV tables of two runs' `tables/` folders (or two results folders) compared value for value.
+
+    Exact comparison (no tolerance) of every column except those that time the methods
+    (`TIMING_COLUMNS`: wall-clock seconds differ between runs). Returns {"tables": names compared,
+    "values": values compared, "different": {name: what differs}, "only_first": [...], "only_second": [...]}.
+    """
+    folders = []
+    for root in (Path(first), Path(second)):
+        folder = root / "tables" if (root / "tables").is_dir() else root
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no tables folder at {root} (expected a results folder or its tables/)")
+        folders.append({p.name: p for p in sorted(folder.glob("*.csv"))})
+    a, b = folders
+    result = {"tables": [], "values": 0, "different": {}, "only_first": sorted(set(a) - set(b)), "only_second": sorted(set(b) - set(a))}
+    for name in sorted(set(a) & set(b)):
+        x, y = pd.read_csv(a[name]), pd.read_csv(b[name])
+        result["tables"].append(name)
+        if list(x.columns) != list(y.columns):
+            result["different"][name] = f"columns differ: {list(x.columns)} vs {list(y.columns)}"
+            continue
+        x, y = (t.drop(columns=[c for c in t.columns if c in TIMING_COLUMNS]) for t in (x, y))
+        if x.shape != y.shape:
+            result["different"][name] = f"shape {x.shape} vs {y.shape}"
+            continue
+        result["values"] += x.size
+        unequal = ~((x == y) | (x.isna() & y.isna()))
+        if unequal.any().any():
+            column = unequal.any().idxmax()
+            row = int(unequal[column].to_numpy().argmax())
+            first_value, second_value = (_plain(t[column].iloc[row]) for t in (x, y))
+            result["different"][name] = (f"{int(unequal.to_numpy().sum())} value(s) differ, first in column {column!r} "
+                                         f"row {row}: {first_value!r} vs {second_value!r}")
+    return result
