@@ -392,7 +392,7 @@ def _check_nave(config: dict) -> None:
             if shapes is None:
                 continue
             grid = clustering_grid(list(shapes.values()), opts["resolution"])
-            if grid[0] * grid[1] < max(opts["k"]):
+            if grid[0] * grid[1] < max(opts["k"], default=0):
                 raise ConfigError(
                     f"config key 'nave.k': K={max(opts['k'])} exceeds the {grid[0]}x{grid[1]} = {grid[0] * grid[1]} pixels that "
                     f"{m!r} layers {layer_set} give to cluster; expected K <= {grid[0] * grid[1]}, or set nave.resolution"
