@@ -220,14 +220,15 @@ class FrameTransform:
         return image
 
 
+def crop_offset(size: int, crop: int) -> int:
+    """Where torchvision's CenterCrop(crop) starts along a side of `size` pixels: round((size - crop) / 2),
+    or, when the crop is larger, minus the zero padding it adds before that side ((crop - size) // 2)."""
+    return int(round((size - crop) / 2.0)) if size >= crop else -((crop - size) // 2)
+
+
 def _center_crop(image: Image.Image, crop: int) -> Image.Image:
-    if crop > image.width or crop > image.height:  # torchvision pads with zeros, then crops
-        left, top = max(crop - image.width, 0) // 2, max(crop - image.height, 0) // 2
-        padded = Image.new(image.mode, (max(crop, image.width), max(crop, image.height)))
-        padded.paste(image, (left, top))
-        image = padded
-    top, left = int(round((image.height - crop) / 2.0)), int(round((image.width - crop) / 2.0))
-    return image.crop((left, top, left + crop, top + crop))
+    left, top = crop_offset(image.width, crop), crop_offset(image.height, crop)
+    return image.crop((left, top, left + crop, top + crop))  # PIL fills what lies outside the image with zeros
 
 
 class Transform:
@@ -281,8 +282,7 @@ def frame_boxes(boxes: np.ndarray, width: int, height: int, preprocess: dict) ->
     if preprocess.get("input_size"):
         crop = preprocess["input_size"]
         for axis, size in ((0, new_w), (1, new_h)):
-            offset = int(round((size - crop) / 2.0)) if size >= crop else -((crop - size) // 2)
-            boxes[:, [axis, axis + 2]] -= offset
+            boxes[:, [axis, axis + 2]] -= crop_offset(size, crop)
         new_w = new_h = crop
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, new_w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, new_h)
