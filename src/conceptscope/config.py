@@ -386,15 +386,16 @@ def _check_nave(config: dict) -> None:
     for key in ("k", "clustering", "strategies"):
         if len(set(opts[key])) != len(opts[key]):
             raise ConfigError(f"config key 'nave.{key}': values repeat in {opts[key]}")
+    k = max(opts["k"])  # the schema keeps the list non-empty
     for m in chosen:  # each image is clustered on its own: K cannot exceed the grid's pixels
         for layer_set in nave_layer_sets(config, m):
             shapes = layer_map_shapes(models[m], config["datasets"], layer_set)
             if shapes is None:
                 continue
             grid = clustering_grid(list(shapes.values()), opts["resolution"])
-            if grid[0] * grid[1] < max(opts["k"], default=0):
+            if grid[0] * grid[1] < k:
                 raise ConfigError(
-                    f"config key 'nave.k': K={max(opts['k'])} exceeds the {grid[0]}x{grid[1]} = {grid[0] * grid[1]} pixels that "
+                    f"config key 'nave.k': K={k} exceeds the {grid[0]}x{grid[1]} = {grid[0] * grid[1]} pixels that "
                     f"{m!r} layers {layer_set} give to cluster; expected K <= {grid[0] * grid[1]}, or set nave.resolution"
                 )
     classwide = opts["classwide"]
