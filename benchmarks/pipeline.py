@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     parser.add_argument("--keep", type=Path, help="run here (kept) instead of in a temporary directory")
-    parser.add_argument("--compare", type=Path, help="an earlier run's working directory: compare its tables with this run's")
+    parser.add_argument("--compare", type=Path, help="an earlier run's working directory: compare its tables and outputs with this run's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
@@ -55,13 +55,18 @@ def main() -> None:
         figures.update({f"report_{key}": status[key] for key in ("results", "figures", "figures_loaded", "pages", "pages_loaded", "captions")})
         figures["report_failures"] = len(status["failures"])
         if args.compare:
-            from conceptscope.report import compare_tables
+            from conceptscope.report import compare_outputs, compare_tables
 
             same = compare_tables(args.compare / "results", workdir / "results")
             n = len(same["tables"])
             figures["reproduced_tables"] = f"{n - len(same['different'])}/{n} identical"
             figures["reproduced_values_compared"] = same["values"]
             figures["reproduced_differences"] = same["different"]
+            outputs = compare_outputs(args.compare / "results", workdir / "results")
+            n = len(outputs["files"])
+            figures["reproduced_outputs"] = f"{n - len(outputs['different'])}/{n} identical"
+            figures["reproduced_output_differences"] = {**outputs["different"], **{name: "only in one run" for key in ("only_first", "only_second")
+                                                                                    for name in outputs[key]}}
     write_results("pipeline", figures)
 
 

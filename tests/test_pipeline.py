@@ -536,38 +536,136 @@ def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):
     assert (ROOT / "test-artifacts" / "report" / "front_page.png").stat().st_size > 10_000
 
 
-def test_a_second_run_from_scratch_gives_identical_tables(finished_run, tmp_path):
-    """Reproducibility: the same config (same seeds) run again from nothing, in another directory,
-    gives every table value for value (exact, not approximate); only the columns that time the
-    methods (`seconds...`) may differ. Also the trained weights and the FAISS indexes, byte for byte."""
-    import shutil
+# Each expensive rule's job killed once during the second run: the n-th time the job reaches the point,
+# tests/killpoints/sitecustomize.py SIGKILLs the whole run (Snakemake and its jobs), as a power cut would.
+KILLS = [
+    ("extract_activations", "zarr_write", 6),  # an activation store half written (in its second chunk)
+    ("build_crop_index", "faiss_write", 1),  # a FAISS index file cut short
+    ("train_reconstructor", "optimizer_step", 5),  # a ClaDec decoder or RefAE in its second epoch
+    ("dora_sams", "optimizer_step", 3),  # s-AMS being optimised
+]
+
+
+def _temporaries(results: Path) -> list[Path]:
+    return [p for p in results.rglob(".*.tmp-*")]
+
+
+def test_a_second_run_killed_in_each_expensive_rule_gives_identical_outputs(finished_run, tmp_path):
+    """Interruption and reproducibility together. The same config is run again from nothing, in another
+    directory, and the run is killed (SIGKILL to Snakemake and its jobs) inside an activation
+    extraction, a FAISS index build, a decoder's training and an s-AMS generation, each time then
+    unlocked and resumed. What a killed job leaves is only a hidden temporary, never its output; and
+    once finished, every output equals the uninterrupted first run's: the tables value for value,
+    the stores, indexes and weights byte for byte, the other files in content (timings aside)."""
+    import signal
 
     from conceptscope.cli import main as cli
-    from conceptscope.report import compare_tables
+    from conceptscope.report import compare_outputs, compare_tables
 
     workdir, config = finished_run
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    results, log = tmp_path / "results", tmp_path / "kills.log"
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "--cores", "2", "--max-threads", "1"]
+    for i, (rule, point, n) in enumerate(KILLS):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "killpoints"), os.environ.get("PYTHONPATH")])),
+                   CONCEPTSCOPE_KILL=f"{rule}:{point}:{n}", CONCEPTSCOPE_KILL_LOG=str(log))
+        run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, start_new_session=True)
+        assert run.returncode == -signal.SIGKILL, f"{rule} was not killed at {point} #{n}: " + run.stderr[-2000:]
+        kills = log.read_text().splitlines()
+        assert len(kills) == i + 1 and kills[-1].startswith(f"{rule} {point} {n} "), kills
+        # a killed writer leaves a hidden `.name.tmp-*` beside its output, and the output does not exist
+        temporaries = _temporaries(results)
+        for temporary in temporaries:
+            assert not temporary.with_name(temporary.name[1 : temporary.name.index(".tmp-")]).exists(), temporary
+        if point in ("zarr_write", "faiss_write"):  # the write that was cut short went into a temporary
+            written = kills[-1].split()[3]
+            assert any(t.name in written for t in temporaries), (written, temporaries)
+        if point == "faiss_write":
+            assert (tmp_path / written).stat().st_size == int(kills[-1].split()[4].split("/")[0])
+        unlock = snakemake(tmp_path, "--unlock")
+        assert unlock.returncode == 0, unlock.stderr[-2000:]
     run = snakemake(tmp_path, "--cores", "2", "--max-threads", "1")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = compare_tables(workdir / "results", tmp_path / "results")
-    assert result["different"] == {} and not result["only_first"] and not result["only_second"]
-    assert len(result["tables"]) >= 20 and result["values"] > 5000  # a few tables are empty in the tiny run
-    assert cli(["compare", str(workdir / "results"), str(tmp_path / "results")]) == 0
-    for pattern in ("models/*/weights.pt", "index/*/*/*.faiss"):
-        files = sorted((workdir / "results").glob(pattern))
+    assert not _temporaries(results), "a stale temporary survived the rerun"
+
+    tables = compare_tables(workdir / "results", results)
+    assert tables["different"] == {} and not tables["only_first"] and not tables["only_second"]
+    assert len(tables["tables"]) >= 20 and tables["values"] > 5000  # a few tables are empty in the tiny run
+    outputs = compare_outputs(workdir / "results", results)
+    assert outputs["different"] == {} and not outputs["only_first"] and not outputs["only_second"]
+    compared = outputs["files"]
+    for kind in ("activations/", "crops/", "index/", "cladec/", "dora/"):
+        assert sum(name.startswith(kind) for name in compared) >= 3, kind
+    assert len(compared) > 400
+    for pattern in ("models/*/weights.pt", "index/*/*/*.faiss", "activations/*/*/*.zarr/*/c/**/*"):
+        files = [p for p in sorted((workdir / "results").glob(pattern)) if p.is_file()]
         assert files, pattern
         for path in files:
-            twin = tmp_path / "results" / path.relative_to(workdir / "results")
+            twin = results / path.relative_to(workdir / "results")
             assert path.read_bytes() == twin.read_bytes(), f"{path.relative_to(workdir)} differs between the two runs"
-    # the comparison sees one changed value, and leaves the timing columns out
-    changed = tmp_path / "changed"
-    shutil.copytree(tmp_path / "results" / "tables", changed)
-    table = pd.read_csv(changed / "models.csv")
-    table.loc[0, "top1"] += 1e-12
-    table.to_csv(changed / "models.csv", index=False)
-    faithfulness = pd.read_csv(changed / "cluscam_faithfulness.csv")
-    faithfulness["seconds_per_image"] += 1.0
-    faithfulness.to_csv(changed / "cluscam_faithfulness.csv", index=False)
-    result = compare_tables(workdir / "results", changed)
-    assert list(result["different"]) == ["models.csv"] and "'top1' row 0" in result["different"]["models.csv"]
-    assert cli(["compare", str(workdir / "results"), str(changed)]) == 1
+    assert cli(["compare", str(workdir / "results"), str(results)]) == 0
+
+
+def test_compare_sees_a_changed_value_in_each_kind_of_output(tmp_path):
+    """`compare_outputs` and `conceptscope compare`: one changed value in a table, a JSON file, a torch
+    checkpoint, a NumPy archive or a store chunk is a difference; timings and the logs are not."""
+    import shutil
+
+    import torch
+
+    from conceptscope.cli import main as cli
+    from conceptscope.report import compare_outputs, compare_tables
+
+    first = tmp_path / "first"
+    (first / "tables").mkdir(parents=True)
+    pd.DataFrame({"model": ["a", "b"], "top1": [0.5, 0.75], "seconds": [1.0, 2.0]}).to_csv(first / "tables" / "models.csv", index=False)
+    (first / "m").mkdir()
+    (first / "m" / "info.json").write_text('{"n": 3, "loss": [0.5, 0.25], "seconds": 1.5}')
+    torch.save({"decoder": {"w": torch.arange(6.0)}, "meta": {"seconds": 3.0}}, first / "m" / "reconstructor.pt")
+    np.savez(first / "m" / "sams.npz", signals=np.linspace(0, 1, 8), seconds=np.array(2.0))
+    (first / "m" / "store.zarr" / "c").mkdir(parents=True)
+    (first / "m" / "store.zarr" / "c" / "0").write_bytes(bytes(range(64)))
+    (first / "logs").mkdir()
+    (first / "logs" / "job.log").write_text("took 3 s")
+
+    def changed(edit) -> Path:
+        second = tmp_path / f"second{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(first, second)
+        edit(second)
+        return second
+
+    def retime(second: Path) -> None:  # other timings and logs only
+        table = pd.read_csv(second / "tables" / "models.csv")
+        table["seconds"] += 1
+        table.to_csv(second / "tables" / "models.csv", index=False)
+        (second / "m" / "info.json").write_text('{"n": 3, "loss": [0.5, 0.25], "seconds": 9.5}')
+        torch.save({"decoder": {"w": torch.arange(6.0)}, "meta": {"seconds": 4.0}}, second / "m" / "reconstructor.pt")
+        np.savez(second / "m" / "sams.npz", signals=np.linspace(0, 1, 8), seconds=np.array(5.0))
+        (second / "logs" / "job.log").write_text("took 4 s")
+
+    same = changed(retime)
+    assert compare_outputs(first, same)["different"] == {} and len(compare_outputs(first, same)["files"]) == 5
+    assert cli(["compare", str(first), str(same)]) == 0
+
+    def csv(second):
+        table = pd.read_csv(second / "tables" / "models.csv")
+        table.loc[1, "top1"] += 1e-12
+        table.to_csv(second / "tables" / "models.csv", index=False)
+
+    edits = {
+        "tables/models.csv": (csv, "column 'top1' row 1"),
+        "m/info.json": (lambda s: (s / "m" / "info.json").write_text('{"n": 3, "loss": [0.5, 0.2500001], "seconds": 1.5}'), "loss[1]"),
+        "m/reconstructor.pt": (lambda s: torch.save({"decoder": {"w": torch.arange(6.0) + (torch.arange(6) == 4)}, "meta": {"seconds": 3.0}},
+                                                    s / "m" / "reconstructor.pt"), "decoder.w: 1 of 6 values differ"),
+        "m/sams.npz": (lambda s: np.savez(s / "m" / "sams.npz", signals=np.linspace(0, 1, 8).astype(np.float32), seconds=np.array(2.0)),
+                       "signals: arrays differ (float64[8] vs float32[8])"),
+        "m/store.zarr/c/0": (lambda s: (s / "m" / "store.zarr" / "c" / "0").write_bytes(bytes(range(63)) + b"\0"), "the bytes differ"),
+    }
+    for name, (edit, why) in edits.items():
+        second = changed(edit)
+        result = compare_outputs(first, second)
+        assert list(result["different"]) == [name] and why in result["different"][name], (name, result["different"])
+        assert cli(["compare", str(first), str(second)]) == 1
+    assert list(compare_tables(first, changed(csv))["different"]) == ["models.csv"]
+    missing = changed(lambda s: (s / "m" / "sams.npz").unlink())
+    assert compare_outputs(first, missing)["only_first"] == ["m/sams.npz"] and cli(["compare", str(first), str(missing)]) == 1

@@ -443,20 +443,27 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Exit 0 when every table of the two runs is identical (timing columns aside), 1 otherwise."""
-    from .report import TIMING_COLUMNS, compare_tables
+    """Exit 0 when every table and every other output of the two runs is identical (timings aside), 1 otherwise."""
+    from .report import TIMING_COLUMNS, UNCOMPARED_FOLDERS, compare_outputs, compare_tables
 
-    result = compare_tables(args.first, args.second)
-    for name in result["tables"]:
-        print(f"  {'DIFFERENT' if name in result['different'] else 'identical'}  {name}"
-              + (f": {result['different'][name]}" if name in result["different"] else ""))
+    tables = compare_tables(args.first, args.second)
+    for name in tables["tables"]:
+        print(f"  {'DIFFERENT' if name in tables['different'] else 'identical'}  {name}"
+              + (f": {tables['different'][name]}" if name in tables["different"] else ""))
+    outputs = compare_outputs(args.first, args.second) if (Path(args.first) / "tables").is_dir() else None
     for key, label in (("only_first", args.first), ("only_second", args.second)):
-        for name in result[key]:
+        for name in tables[key] + [n for n in (outputs or {}).get(key, []) if not n.startswith("tables/")]:
             print(f"  ONLY IN   {label}: {name}")
-    same = not (result["different"] or result["only_first"] or result["only_second"])
-    print(f"{len(result['tables']) - len(result['different'])} of {len(result['tables'])} tables identical "
-          f"({result['values']} values compared exactly; timing columns {', '.join(sorted(TIMING_COLUMNS))} left out)"
-          + ("" if same else "; the runs differ"))
+    for name, why in (outputs or {}).get("different", {}).items():
+        if not name.startswith("tables/"):  # the tables are listed above
+            print(f"  DIFFERENT {name}: {why}")
+    same = not any(r[k] for r in filter(None, (tables, outputs)) for k in ("different", "only_first", "only_second"))
+    print(f"{len(tables['tables']) - len(tables['different'])} of {len(tables['tables'])} tables identical "
+          f"({tables['values']} values compared exactly; timing columns {', '.join(sorted(TIMING_COLUMNS))} left out)")
+    if outputs:
+        print(f"{len(outputs['files']) - len(outputs['different'])} of {len(outputs['files'])} output files identical "
+              f"(bytes, or content without timings; {'/, '.join(UNCOMPARED_FOLDERS)}/ left out)")
+    print("the runs are identical" if same else "the runs differ")
     return 0 if same else 1
 
 
@@ -498,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="print the whole resolved config (every default filled in) as YAML")
     p.set_defaults(run=cmd_config)
 
-    p = sub.add_parser("compare", help="are two runs' tables identical? (reproducibility; exit 1 when not)")
-    p.add_argument("first", help="a results folder (or its tables/), e.g. results")
+    p = sub.add_parser("compare", help="are two runs' tables and outputs identical? (reproducibility; exit 1 when not)")
+    p.add_argument("first", help="a results folder, e.g. results (or a tables/ folder: the tables only)")
     p.add_argument("second", help="the other run's results folder")
     p.set_defaults(run=cmd_compare)
     return parser
