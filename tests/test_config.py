@@ -157,6 +157,13 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["cluscam"].update(sweep={"n_clusters": [2, 500]}), ["cluscam.sweep.n_clusters", "K=500", "K <= 128"]),
         (lambda c: c["dora"]["sams"].update(max_representations=2), ["dora.sams.max_representations", ">= 3"]),
         (lambda c: c.update(threads=0), ["'threads'", ">= 1"]),
+        # DORA's known anomalies are class names of the dataset (checked against its label space, not prepared)
+        (lambda c: c["dora"].update(anomaly_classes={"photos": ["dalmatian", "bull mastif"]}),
+         ["dora.anomaly_classes.photos[1]", "'bull mastif'", "1000 classes", "did you mean", "'bull mastiff'"]),
+        (lambda c: c["dora"].update(anomaly_classes={"digits": ["3", "three"]}), ["dora.anomaly_classes.digits[1]", "'three'", "10 classes"]),
+        (lambda c: c["dora"].update(anomaly_classes={"digitz": ["3"]}), ["dora.anomaly_classes.digitz", "unknown dataset", "digits_shortcut"]),
+        (lambda c: c["datasets"].update(inet={"kind": "imagefolder", "root": "../shared/data/imagenette"})
+         or c["dora"].update(anomaly_classes={"inet": ["tench"]}), ["dora.anomaly_classes.inet[0]", "'tench'", "n01440764"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

@@ -110,6 +110,31 @@ def test_imagefolder_with_imagenet_labels(tmp_path, imagenette_root):
     assert str(imagenette_root.resolve()) in row.source and data.load_image(row).shape == (224, 224, 3)
 
 
+def test_class_names_known_before_preparation_are_the_prepared_classes(tmp_path, imagenette_root):
+    """`class_names_of` (what the config checks class names against) gives the prepared dataset's
+    `classes` without preparing it: digits, photos, an ImageFolder with and without the ImageNet map,
+    and a combined dataset (its parts' classes, part after part); the ImageNet names, read without
+    importing torchvision, are torchvision's."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    from conceptscope.data import class_names_of, imagenet_class_names
+
+    assert imagenet_class_names() == list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    folder = {"kind": "imagefolder", "root": str(imagenette_root), "max_per_class": 1}
+    specs = resolve_config({"datasets": {
+        "digits": {"kind": "digits", "max_per_class": 2},
+        "photos": {"kind": "photos"},
+        "wnids": folder,
+        "mapped": {**folder, "label_map": "imagenet"},
+        "both": {"kind": "combined", "parts": ["mapped", "digits"], "size": 32},
+    }})["datasets"]
+    for name, spec in specs.items():
+        expected = _prepare(tmp_path / name, spec).classes
+        assert class_names_of(spec) == expected, name
+    assert class_names_of(specs["wnids"])[0] == "n01440764" and class_names_of(specs["mapped"])[0] == "tench"
+    assert len(class_names_of(specs["both"])) == 20 and class_names_of(specs["both"])[-1] == "9"
+
+
 def test_imagefolder_folder_labels_boxes_and_split(tmp_path, tiny_imagenet_root):
     """Real Tiny ImageNet images in an ImageFolder layout with the real box file."""
     lines = (tiny_imagenet_root / "val" / "val_annotations.txt").read_text().splitlines()

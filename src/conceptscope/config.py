@@ -518,13 +518,28 @@ def dora_layers(config: dict, model: str) -> list[str]:
     return list(config["dora"]["layers"].get(model, ["logits"]))
 
 
+def _check_class_names(key: str, names: list[str], name: str, spec: dict) -> None:
+    """Each of `names` a class name of the dataset spec (with the closest names where one is not)."""
+    import difflib
+
+    from .data import class_names_of
+
+    known = class_names_of(spec)
+    for i, wanted in enumerate(names):
+        if wanted not in known:
+            close = difflib.get_close_matches(wanted, known, n=3)
+            hint = f"did you mean {close}?" if close else f"its classes are {known[:5]}{' ...' if len(known) > 5 else ''}"
+            raise ConfigError(f"config key '{key}[{i}]': {wanted!r} is not a class name of dataset {name!r} ({len(known)} classes); {hint}")
+
+
 def _check_dora(config: dict) -> None:
     """The `dora` block: models, datasets, per-model layers, anomaly classes and settings that cannot run."""
     _check_block_models(config, "dora", "DORA")
     opts, datasets = config["dora"], config["datasets"]
-    for ds in opts["anomaly_classes"]:
+    for ds, names in opts["anomaly_classes"].items():
         if ds not in datasets:
             raise ConfigError(f"config key 'dora.anomaly_classes.{ds}': unknown dataset {ds!r}; datasets are {sorted(datasets)}")
+        _check_class_names(f"dora.anomaly_classes.{ds}", names, ds, datasets[ds])
     detectors = opts["outliers"]["detectors"]
     if len(set(detectors)) != len(detectors):
         raise ConfigError(f"config key 'dora.outliers.detectors': detectors repeat in {detectors}")

@@ -15,6 +15,8 @@ variant of ImageNet costs a manifest, not a copy of 1.28M images.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import io
 import json
@@ -54,10 +56,23 @@ def imagenet_wnids() -> list[str]:
 
 
 def imagenet_class_names() -> list[str]:
-    """Short ImageNet-1k class names in class-index order (torchvision's weight metadata)."""
-    from torchvision.models import MobileNet_V2_Weights
+    """Short ImageNet-1k class names in class-index order: the `categories` of torchvision's ImageNet
+    weights, read as a literal from torchvision/models/_meta.py (importing torchvision costs ~1.7 s)."""
+    return list(_imagenet_class_names())
 
-    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_class_names() -> tuple[str, ...]:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("package 'torchvision' is not installed (it holds the ImageNet class names); run scripts/install.sh")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "_meta.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_IMAGENET_CATEGORIES"]:
+            names = ast.literal_eval(node.value)
+            if len(names) == 1000 and all(isinstance(name, str) for name in names):
+                return tuple(names)
+    raise DatasetError(f"{path}: no list of the 1000 ImageNet class names (_IMAGENET_CATEGORIES) in this torchvision")
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +369,17 @@ DATASET_KINDS: dict[str, Callable[[dict], RawDataset]] = {
 }
 
 
+def _folder_classes(spec: dict) -> list[str]:
+    """The class names of an ImageFolder spec's split folders (sub-folders, or a labels file's classes), sorted."""
+    root = Path(spec["root"]).expanduser()
+    labels = _read_labels(Path(spec["labels"]).expanduser()) if spec.get("labels") else None
+    names = set()
+    for sub in (spec.get("train_dir"), spec.get("test_dir")):
+        if sub and (root / sub).is_dir():
+            names.update(cls for _, cls in _split_layout(root / sub, labels))
+    return sorted(names)
+
+
 def num_classes_of(spec: dict) -> int:
     """Size of the label space of a dataset spec, without preparing it."""
     kind = spec["kind"]
@@ -363,13 +389,27 @@ def num_classes_of(spec: dict) -> int:
         return 1000
     if kind == "combined":
         return sum(num_classes_of(part) for part in spec["parts"])
-    root = Path(spec["root"]).expanduser()
-    labels = _read_labels(Path(spec["labels"]).expanduser()) if spec.get("labels") else None
-    names = set()
-    for sub in (spec.get("train_dir"), spec.get("test_dir")):
-        if sub and (root / sub).is_dir():
-            names.update(cls for _, cls in _split_layout(root / sub, labels))
-    return len(names)
+    return len(_folder_classes(spec))
+
+
+def class_names_of(spec: dict) -> list[str]:
+    """The class names of a dataset spec, without preparing it: the prepared dataset's `classes`
+    (a combined dataset's are its parts' classes that have images, part after part)."""
+    kind = spec["kind"]
+    if kind == "digits":
+        return [str(d) for d in range(10)]
+    if kind == "photos" or (kind == "imagefolder" and spec.get("label_map") == "imagenet"):
+        return imagenet_class_names()
+    if kind == "combined":
+        names = []
+        for part in spec["parts"]:
+            if part["kind"] == "imagefolder" and part.get("label_map") == "imagenet":
+                wnids, imagenet = imagenet_wnids(), imagenet_class_names()
+                names += [imagenet[i] for i in sorted(wnids.index(c) for c in _folder_classes(part) if c in wnids)]
+            else:
+                names += class_names_of(part)
+        return names
+    return _folder_classes(spec)
 
 
 # --------------------------------------------------------------------------------------------
