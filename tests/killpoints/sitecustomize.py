@@ -1,14 +1,16 @@
 """Fault injection for the test suite: kill a whole Snakemake run (SIGKILL to its process group, as a
 power cut or a node failure would) from inside one job, at a chosen point of its work.
 
-Loaded at start-up by every Python process whose PYTHONPATH holds this folder. It acts only in the
-job of the rule named by $CONCEPTSCOPE_KILL = "<rule>:<point>:<n>" (Snakemake runs a rule's script as
-`.snakemake/scripts/tmp*.<rule>.py`), and kills at the n-th time the job reaches the point:
+Loaded at start-up by every Python process whose PYTHONPATH holds this folder.
+$CONCEPTSCOPE_KILL lists kill points, "<rule>:<point>:<n>,<rule>:<point>:<n>,...". In a job of one of
+those rules (Snakemake runs a rule's script as `.snakemake/scripts/tmp*.<rule>.py`) whose kill is not
+yet in $CONCEPTSCOPE_KILL_LOG, the whole run is killed the n-th time the job reaches the point:
 
   zarr_write      a write into a Zarr array has finished (chunks are on disk, the store is not complete)
   faiss_write     faiss.write_index wrote a file; the file is then cut to half its length (a write cut short)
   optimizer_step  a torch optimiser has taken a step (training is under way; nothing is saved yet)
 
+So each rule is killed once, whichever order the scheduler runs the jobs in.
 Before it kills, it appends "<rule> <point> <n> <detail>" to $CONCEPTSCOPE_KILL_LOG, so the test
 knows the kill came from where it asked. Nothing here changes what the job computes.
 """
@@ -96,7 +98,16 @@ def _install(rule: str, point: str, n: int) -> None:
         raise ValueError(f"CONCEPTSCOPE_KILL: unknown point {point!r} (zarr_write, faiss_write, optimizer_step)")
 
 
-if _SPEC:
-    _rule, _point, _n = _SPEC.split(":")
-    if sys.argv and os.path.basename(sys.argv[0]).endswith(f".{_rule}.py"):
-        _install(_rule, _point, int(_n))
+def _killed_before(rule: str) -> bool:
+    try:
+        with open(os.environ["CONCEPTSCOPE_KILL_LOG"]) as log:
+            return any(line.split()[0] == rule for line in log if line.strip())
+    except FileNotFoundError:
+        return False
+
+
+if _SPEC and sys.argv:
+    for _entry in _SPEC.split(","):
+        _rule, _point, _n = _entry.split(":")
+        if os.path.basename(sys.argv[0]).endswith(f".{_rule}.py") and not _killed_before(_rule):
+            _install(_rule, _point, int(_n))
