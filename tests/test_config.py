@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -212,3 +213,54 @@ def test_snakemake_stops_before_any_job_with_one_clear_message(tmp_path, mutate,
     # nothing but Snakemake's own run log was written
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert [p for p in written if not p.startswith(".snakemake/log/")] == ["bad.yaml"]
+
+
+def test_model_structures_are_cached_exactly_and_spare_torchvision(tmp_path, monkeypatch):
+    """The config check reads module names and map shapes from a cache: what it reads back equals a
+    freshly built model's (names, and each module's output shape on a forward pass), a new process with
+    the cache warm resolves a config with a torchvision model without importing torchvision, and a
+    file whose key does not match (another torch, say) is recomputed, not trusted."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    from conceptscope import config as cfg
+    from conceptscope.activations import LayerRecorder
+    from conceptscope.models import build_model, layer_names
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CONCEPTSCOPE_CACHE", str(cache))
+    cfg._model_structure.cache_clear()
+    try:
+        for arch, classes, channels, size in [("vgg_small", 10, 1, 28), ("resnet_small", 10, 1, 28), ("mobilenet_v2", 1000, 3, 224)]:
+            computed = cfg._model_structure(arch, classes, channels, size)
+            cfg._model_structure.cache_clear()
+            assert cfg._model_structure(arch, classes, channels, size) == computed, arch  # read back from the file
+            model = build_model(arch, classes, channels).eval()
+            assert computed["names"] == layer_names(model)
+            chosen = computed["names"][:: max(1, len(computed["names"]) // 7)]
+            with LayerRecorder(model, chosen) as recorder, torch.no_grad():
+                model(torch.zeros(1, channels, size, size))
+            assert {name: computed["shapes"][name] for name in chosen} == {name: tuple(out.shape[1:]) for name, out in recorder.outputs.items()}
+        files = sorted(cache.glob("structure-*.json"))
+        assert len(files) == 3
+
+        # a warm cache: a new process resolves the tiny config (MobileNetV2 among its models) without torchvision
+        code = ("import sys, yaml; from conceptscope.config import resolve_config; "
+                f"resolve_config(yaml.safe_load(open({str(ROOT / 'configs' / 'test.yaml')!r}))); print('torchvision' in sys.modules)")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "CONCEPTSCOPE_CACHE": str(cache)})
+        assert run.returncode == 0 and run.stdout.strip() == "False", run.stdout + run.stderr[-2000:]
+
+        # a file written for another torch is not used: the structure is computed again (and correct)
+        entry = json.loads(files[0].read_text())
+        entry["key"]["torch"], entry["names"] = "0.0.1", ["not", "a", "model"]
+        files[0].write_text(json.dumps(entry))
+        cfg._model_structure.cache_clear()
+        arch = entry["key"]["arch"]
+        again = cfg._model_structure(arch, entry["key"]["num_classes"], entry["key"]["channels"], entry["key"]["size"])
+        assert again["names"] == layer_names(build_model(arch, entry["key"]["num_classes"], entry["key"]["channels"]))
+        assert json.loads(files[0].read_text())["key"]["torch"] != "0.0.1"  # rewritten
+    finally:
+        cfg._model_structure.cache_clear()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -197,37 +199,77 @@ def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
     _check_layer_names(spec, datasets, spec["layers"], f"{key}.layers")
 
 
-@functools.lru_cache(maxsize=None)
-def _untrained_model(arch: str, num_classes: int, channels: int):
-    """A model of the architecture with fresh weights, built once per process (the checks read only its module names)."""
-    from .models import build_model
-
-    return build_model(arch, num_classes, channels)
-
-
-def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) -> None:
-    """Each layer a module of the model spec's architecture (`logits`, the output, always is)."""
-    from .models import ModelError, get_layer, resolve_preprocess
-
-    model = _untrained_model(spec["arch"], model_num_classes(spec, datasets), resolve_preprocess(spec["arch"], spec["preprocess"])["channels"])
-    for layer in (layer for layer in layers if layer != "logits"):
-        try:
-            get_layer(model, layer)
-        except ModelError as err:
-            raise ConfigError(f"config key '{key}': {err}") from None
+def _structure_cache() -> Path | None:
+    """Where model structures are cached ($CONCEPTSCOPE_CACHE, else $XDG_CACHE_HOME/conceptscope or
+    ~/.cache/conceptscope); None when $CONCEPTSCOPE_CACHE is `off`."""
+    chosen = os.environ.get("CONCEPTSCOPE_CACHE")
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "conceptscope"
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_shapes(arch: str, num_classes: int, channels: int, size: int, layers: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """Output shapes (C, h, w) of the layers of a fresh model on a size x size input (one forward pass of zeros)."""
+def _model_structure(arch: str, num_classes: int, channels: int, size: int | None) -> dict:
+    """The module names of a fresh model of the architecture and, with an input size, the output shape
+    (C, h, w) of each module called on a size x size input (its last call).
+
+    Building the model and the forward pass cost about 2 s with torchvision's import, on every
+    Snakemake start (each dry run, each SLURM job), so the result is kept in a JSON file keyed by all
+    it depends on: the architecture and its arguments, the torch and torchvision versions and the
+    source of conceptscope.models. A file that cannot be read or written is recomputed, never trusted.
+    """
+    import hashlib
+    import importlib.metadata
+
+    from . import models
+    from .utils import _torchvision_version, write_json
+
+    key = {"arch": arch, "num_classes": num_classes, "channels": channels, "size": size, "torch": importlib.metadata.version("torch"),
+           "torchvision": _torchvision_version(), "models_source": hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()}
+    folder = _structure_cache()
+    path = folder / f"structure-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json" if folder else None
+    try:
+        cached = json.loads(path.read_text()) if path else None
+        if cached and cached.get("key") == key:
+            return {"names": cached["names"], "shapes": {name: tuple(shape) for name, shape in cached["shapes"].items()}}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
     import torch
 
     from .activations import LayerRecorder
 
-    model = _untrained_model(arch, num_classes, channels).eval()
-    with LayerRecorder(model, list(layers)) as recorder, torch.no_grad():
-        model(torch.zeros(1, channels, size, size))
-        return {layer: tuple(recorder.outputs[layer].shape[1:]) for layer in layers}
+    model = models.build_model(arch, num_classes, channels).eval()
+    names = models.layer_names(model)
+    shapes = {}
+    if size:
+        with LayerRecorder(model, names) as recorder, torch.no_grad():
+            model(torch.zeros(1, channels, size, size))
+            shapes = {name: tuple(output.shape[1:]) for name, output in recorder.outputs.items()}
+    if path:
+        try:
+            write_json(path, {"key": key, "names": names, "shapes": {name: list(shape) for name, shape in shapes.items()}})
+        except OSError:
+            pass
+    return {"names": names, "shapes": shapes}
+
+
+def _structure_of(spec: dict, datasets: dict) -> dict:
+    from .models import resolve_preprocess
+
+    preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
+    return _model_structure(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"], preprocess.get("input_size") or None)
+
+
+def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) -> None:
+    """Each layer a module of the model spec's architecture (`logits`, the output, always is)."""
+    from .models import unknown_layer
+
+    names = _structure_of(spec, datasets)["names"]
+    for layer in (layer for layer in layers if layer != "logits"):
+        if layer not in names:
+            raise ConfigError(f"config key '{key}': {unknown_layer(layer, names)}")
 
 
 def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str, tuple[int, ...]] | None:
@@ -235,10 +277,10 @@ def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str,
     varies (preprocess.input_size null) and so do the maps."""
     from .models import resolve_preprocess
 
-    preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
-    if not preprocess.get("input_size"):
+    if not resolve_preprocess(spec["arch"], spec["preprocess"]).get("input_size"):
         return None
-    return _layer_shapes(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"], preprocess["input_size"], tuple(layers))
+    shapes = _structure_of(spec, datasets)["shapes"]
+    return {layer: shapes[layer] for layer in layers}
 
 
 def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> None:

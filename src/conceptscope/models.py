@@ -328,14 +328,18 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def unknown_layer(name: str, names: list[str]) -> str:
+    """The error for a layer name that is not among a model's `names`, with the closest ones."""
+    import difflib
+
+    return f"layer {name!r} not found; close names: {difflib.get_close_matches(name, names, n=5)}"
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called `name`; a clear error with close names when it does not exist."""
     modules = dict(model.named_modules())
     if name not in modules or not name:
-        import difflib
-
-        close = difflib.get_close_matches(name, layer_names(model), n=5)
-        raise ModelError(f"layer {name!r} not found; close names: {close}")
+        raise ModelError(unknown_layer(name, layer_names(model)))
     return modules[name]
 
 
