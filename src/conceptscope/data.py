@@ -63,10 +63,7 @@ def imagenet_class_names() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_class_names() -> tuple[str, ...]:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("package 'torchvision' is not installed (it holds the ImageNet class names); run scripts/install.sh")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "_meta.py"
+    path = _package_dir("torchvision") / "models" / "_meta.py"
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_IMAGENET_CATEGORIES"]:
             names = ast.literal_eval(node.value)
