@@ -24,11 +24,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from captum.attr import LayerDeepLift, LayerGradientXActivation, NoiseTunnel
-
-# The module types captum's DeepLift has a rule for (private in captum, but the only source of
-# truth: a module of any other type is treated as linear, i.e. by its gradient).
-from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 from torch import nn
 
 from .models import get_layer
@@ -104,6 +99,11 @@ def _replace_children(model: nn.Module, should_replace: Callable[[nn.Module], nn
 @torch.no_grad()
 def _calls_per_forward(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
     """How often each module with a DeepLift rule runs in one forward pass of `example`."""
+    # The module types captum's DeepLift has a rule for (private in captum, but the only source of
+    # truth: a module of any other type is treated as linear, i.e. by its gradient). captum is
+    # imported where it is used throughout: jobs that only predict or plot skip its ~1 s import.
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
     counts: dict[nn.Module, int] = {}
 
     def count(module, inputs, output):
@@ -216,14 +216,20 @@ def resolve_baseline(baseline: str | float | torch.Tensor, inputs: torch.Tensor,
 
 
 def _deeplift(model, layer, inputs, target, *, baseline, n_samples, noise_std, seed) -> torch.Tensor:
+    from captum.attr import LayerDeepLift
+
     return LayerDeepLift(model, layer).attribute(inputs, baselines=baseline, target=target)
 
 
 def _grad_x_act(model, layer, inputs, target, *, baseline, n_samples, noise_std, seed) -> torch.Tensor:
+    from captum.attr import LayerGradientXActivation
+
     return LayerGradientXActivation(model, layer).attribute(inputs, target=target)
 
 
 def _deeplift_smoothgrad(model, layer, inputs, target, *, baseline, n_samples, noise_std, seed) -> torch.Tensor:
+    from captum.attr import LayerDeepLift, NoiseTunnel
+
     samples_per_pass = max(1, min(n_samples, NOISE_BATCH_IMAGES // len(inputs)))
     # captum draws the noise from torch's global generator: fork it so that `seed` fixes the noise
     # without disturbing the caller's random stream.

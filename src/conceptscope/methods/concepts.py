@@ -21,7 +21,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.decomposition import NMF
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -171,6 +170,8 @@ class ConceptExtractor:
             )
         if not np.any(vectors > 0):
             raise ValueError("every scored activation vector is zero: the kept positions have no activation to factorise")
+        from sklearn.decomposition import NMF  # here, not at the top: jobs that only search crops skip sklearn's ~1 s import
+
         nmf = NMF(
             n_components=self.n_concepts,
             init=self.init,
