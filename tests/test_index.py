@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conceptscope.activations import select_images
@@ -23,7 +22,6 @@ def real_crops(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
     prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
     data = PreparedDataset(root / "photos")
-    torch.set_num_threads(2)
     model = build_model("mobilenet_v2", 1000, 3)
     load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
     rows = select_images(data.split("test"))
@@ -139,6 +137,29 @@ def test_crop_grid_shows_the_boxed_crops(real_crops, tmp_path):
     # a crop is a part of its photo: it differs from the whole photo resized
     whole = Image.fromarray(data.load_image(next(data.manifest[data.manifest.image_id == store.image_ids[row]].itertuples()))).convert("RGB").resize((48, 48))
     assert np.abs(np.asarray(whole).astype(int) - expected).mean() > 5
+
+
+def test_a_pool_cuts_each_crop_from_its_image_decoding_each_image_once(real_crops, monkeypatch):
+    """CropPool.crop (the concept figures' tiles) equals crop_image, through a small cache of decoded
+    images that keeps the most recently used: an image is decoded again only once evicted."""
+    from conceptscope.methods.concept_crops import CropPool
+
+    data, store, _ = real_crops
+    image_ids = store.image_ids
+    rows = [0, 1, 30, 31, 0, 60, 90, 2, 120, 700]  # 29 crops per photo
+    ids = [int(image_ids[r]) for r in rows]
+    assert len(set(ids)) == 6 and ids[0] == ids[1] == ids[4] == ids[7] and ids[2] == ids[3]
+    expected = [np.asarray(crop_image(data, i, store["box"][r], 40)) for r, i in zip(rows, ids)]
+    pool = CropPool("photos", data, store, None, np.zeros(len(store), np.int64), None, image_ids)
+    pool.IMAGE_CACHE = 3
+    decoded = []
+    load_image = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda row: decoded.append(int(row.image_id)) or load_image(row))
+    for row, tile in zip(rows, expected):
+        np.testing.assert_array_equal(np.asarray(pool.crop(row, 40)), tile)
+    # least recently used out: the third image evicts none, the fourth the second, the fifth the third
+    assert decoded == [ids[i] for i in (0, 2, 5, 6, 8, 9)]
+    assert list(pool._images) == ids[7:]
 
 
 def test_pq_with_refinement_respects_filters_and_reranks_near_exactly(real_crops):

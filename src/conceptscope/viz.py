@@ -21,7 +21,11 @@ TEXT = (0, 0, 0)
 
 def crop_image(data: PreparedDataset, image_id: int, box: Sequence[float], tile: int) -> Image.Image:
     """The crop `box` (x0, y0, x1, y1, original pixels) of one dataset image, resized to tile x tile, RGB."""
-    image = Image.fromarray(data.load_image(data.row(image_id))).convert("RGB")
+    return cut_crop(Image.fromarray(data.load_image(data.row(image_id))).convert("RGB"), box, tile)
+
+
+def cut_crop(image: Image.Image, box: Sequence[float], tile: int) -> Image.Image:
+    """The crop `box` (x0, y0, x1, y1, original pixels) of an RGB image, resized to tile x tile."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     return image.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))).resize((tile, tile), Image.BILINEAR)
 

@@ -14,7 +14,8 @@ Table 2); the filter runs inside the index search, so nothing scans all crops pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from PIL import Image
 from ..data import WATERMARK_COLUMNS, PreparedDataset
 from ..index import CropIndex
 from ..store import CropStore, layer_store_name
-from ..viz import crop_image
+from ..viz import cut_crop
 from .concepts import stitch_crops
 
 
@@ -39,6 +40,11 @@ class CropPool:
     index: CropIndex
     image_pred: np.ndarray  # (M,) the model's class for the crop's whole image
     crop_pred: np.ndarray | None  # (M,) the model's class for the crop on its own (None in `cells` mode)
+    image_ids: np.ndarray  # (M,) the image of each crop row
+    # the last images decoded (RGB): a figure shows several crops of one image, and decoding a photo
+    # costs more than cutting and resizing a crop
+    _images: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    IMAGE_CACHE = 64
 
     @classmethod
     def open(cls, name: str, data_dir, crops_dir, index_path, predictions, layer: str) -> "CropPool":
@@ -56,10 +62,21 @@ class CropPool:
                 "`predict.splits` so that crops of images predicted as the explained class can be excluded"
             )
         image_pred = pred.reindex(image_ids).to_numpy().astype(np.int64)
-        return cls(name, PreparedDataset(data_dir), store, index, image_pred, store.predicted)
+        return cls(name, PreparedDataset(data_dir), store, index, image_pred, store.predicted, image_ids)
 
     def __len__(self) -> int:
         return len(self.image_pred)
+
+    def crop(self, row: int, size: int) -> Image.Image:
+        """Crop-store row `row` cut from its original image and resized to size x size (RGB)."""
+        image_id = int(self.image_ids[row])
+        image = self._images.pop(image_id, None)
+        if image is None:
+            image = Image.fromarray(self.data.load_image(self.data.row(image_id))).convert("RGB")
+            if len(self._images) >= self.IMAGE_CACHE:
+                self._images.popitem(last=False)
+        self._images[image_id] = image  # most recently used last
+        return cut_crop(image, self.store["box"][row], size)
 
     def watermarks(self, image_ids: np.ndarray) -> np.ndarray:
         """(k, 4) recorded watermark boxes of the images (-1 where none)."""
@@ -205,10 +222,7 @@ def watermark_summary(crops: pd.DataFrame, data_root, by: Sequence[str]) -> pd.D
 
 def hit_tile(pools: Sequence[CropPool], pool_index: int, row: int, size: int) -> Image.Image:
     """The crop of one hit, cut from its original image and resized to size x size (RGB)."""
-    pool = pools[pool_index]
-    image_id = int(pool.store["image_id"][row])
-    box = pool.store["box"][row]
-    return crop_image(pool.data, image_id, box, size)
+    return pools[pool_index].crop(row, size)
 
 
 def stitch_hits(pools: Sequence[CropPool], hits: CropHits, size: int) -> Image.Image | None:
