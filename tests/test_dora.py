@@ -1,5 +1,7 @@
 """DORA distances, outlier detection and probing on hand-made activations with known answers."""
 
+import os
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -172,6 +174,35 @@ def test_outlier_scores_validate():
         outlier_scores(dist, "lof", n_neighbors=20)
     with pytest.raises(ValueError, match="contamination"):
         outlier_scores(dist, "lof", contamination=0.7, n_neighbors=2)
+
+
+def test_atlas_kernels_are_compiled_once_and_read_back_with_the_same_atlas(tmp_path):
+    """UMAP's numba kernels are compiled by the first process and written to the cache folder; the next
+    process reads them back instead of compiling, and gets the same atlas."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numba, numpy as np, umap.layouts, umap.umap_\n"
+        "from conceptscope.methods.dora import atlas_embedding\n"
+        "kernels = {n: k for m in (umap.umap_, umap.layouts) for n, k in vars(m).items() if isinstance(k, numba.core.registry.CPUDispatcher)}\n"
+        "at_import = {n for n, k in kernels.items() if k.signatures}  # explicit signatures compile when umap is imported\n"
+        "points = np.random.default_rng(3).normal(size=(24, 3))\n"
+        "xy = atlas_embedding(np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)), n_neighbors=5, seed=0)\n"
+        "print(json.dumps({'xy': xy.tolist(), 'read': sorted(n for n, k in kernels.items() if k.stats.cache_hits),\n"
+        "                  'compiled': sorted(n for n, k in kernels.items() if k.stats.cache_misses and n not in at_import)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"CONCEPTSCOPE_CACHE": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        runs.append(json.loads(run.stdout.splitlines()[-1]))
+    graph = {"smooth_knn_dist", "compute_membership_strengths"}  # the fuzzy graph's kernels: most of the compile time
+    assert graph <= set(runs[0]["compiled"]) and list((tmp_path / "numba").rglob("*.nbi"))
+    assert runs[1]["compiled"] == [] and graph <= set(runs[1]["read"])
+    assert runs[1]["xy"] == runs[0]["xy"]
 
 
 def test_atlas_keeps_groups_apart():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +198,6 @@ def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
     _check_layer_names(spec, datasets, spec["layers"], f"{key}.layers")
 
 
-def _structure_cache() -> Path | None:
-    """Where model structures are cached ($CONCEPTSCOPE_CACHE, else $XDG_CACHE_HOME/conceptscope or
-    ~/.cache/conceptscope); None when $CONCEPTSCOPE_CACHE is `off`."""
-    chosen = os.environ.get("CONCEPTSCOPE_CACHE")
-    if chosen == "off":
-        return None
-    if chosen:
-        return Path(chosen).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "conceptscope"
-
-
 @functools.lru_cache(maxsize=None)
 def _model_structure(arch: str, num_classes: int, channels: int, size: int | None) -> dict:
     """The module names of a fresh model of the architecture and, with an input size, the output shape
@@ -224,11 +212,11 @@ def _model_structure(arch: str, num_classes: int, channels: int, size: int | Non
     import importlib.metadata
 
     from . import models
-    from .utils import _torchvision_version, write_json
+    from .utils import _torchvision_version, cache_dir, write_json
 
     key = {"arch": arch, "num_classes": num_classes, "channels": channels, "size": size, "torch": importlib.metadata.version("torch"),
            "torchvision": _torchvision_version(), "models_source": hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()}
-    folder = _structure_cache()
+    folder = cache_dir()
     path = folder / f"structure-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json" if folder else None
     try:
         cached = json.loads(path.read_text()) if path else None

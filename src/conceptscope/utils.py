@@ -88,6 +88,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def cache_dir() -> Path | None:
+    """Where conceptscope keeps what it can recompute (model structures, compiled UMAP kernels):
+    $CONCEPTSCOPE_CACHE, else $XDG_CACHE_HOME/conceptscope or ~/.cache/conceptscope; None when
+    $CONCEPTSCOPE_CACHE is `off`."""
+    chosen = os.environ.get("CONCEPTSCOPE_CACHE")
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "conceptscope"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically, pretty-printed and key-sorted (stable bytes for stable inputs)."""
     with atomic_path(path) as tmp:

@@ -26,6 +26,7 @@ Everything is vectorised over representations: k = 2048 takes no Python double l
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable
 
@@ -298,10 +299,34 @@ def probing_auc(acts_marked: np.ndarray, acts_clean: np.ndarray) -> np.ndarray:
     return roc_auc(np.vstack([acts_marked, acts_clean]), labels)
 
 
+@functools.lru_cache(maxsize=None)
+def _umap():
+    """The umap package, with its numba kernels compiled once and then read from the cache folder
+    (utils.cache_dir()/numba): UMAP compiles them on its first call in each process, about 10 s of
+    every DORA analysis job. numba's cache is keyed by the kernel's source file, numba's version and
+    the CPU, so an upgraded umap compiles afresh. A $NUMBA_CACHE_DIR that is set is kept."""
+    import numba
+    import umap
+    import umap.layouts
+    import umap.spectral
+    import umap.umap_
+    import umap.utils
+
+    from ..utils import cache_dir
+
+    folder = cache_dir()
+    if folder is not None:
+        numba.config.CACHE_DIR = numba.config.CACHE_DIR or str(folder / "numba")
+        for module in (umap.umap_, umap.layouts, umap.spectral, umap.utils):
+            for kernel in vars(module).values():
+                if isinstance(kernel, numba.core.registry.CPUDispatcher):
+                    kernel.enable_caching()  # what @njit(cache=True) does
+    return umap
+
+
 def atlas_embedding(distance: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0) -> np.ndarray:
     """2-D representation atlas (k, 2): UMAP on the precomputed distance matrix (Sec. 4)."""
-    import umap
-
+    umap = _umap()
     distance = np.asarray(distance, dtype=np.float64)
     k = distance.shape[0]
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, k - 1), min_dist=min_dist, metric="precomputed",
