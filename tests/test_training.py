@@ -16,7 +16,6 @@ def _train(data, epochs, seed=0, n=None):
     train = data.torch_dataset("train", transform)
     if n:
         train.rows, train._tuples = train.rows.iloc[:n], train._tuples[:n]
-    torch.set_num_threads(2)
     model = build_model("vgg_small", 10, 1, seed=seed)
     log = train_classifier(model, train, epochs=epochs, batch_size=32, lr=2e-3, seed=seed, progress=False)
     return model, log, transform
