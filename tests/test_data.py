@@ -113,11 +113,12 @@ def test_imagefolder_with_imagenet_labels(tmp_path, imagenette_root):
 def test_class_names_known_before_preparation_are_the_prepared_classes(tmp_path, imagenette_root):
     """`class_names_of` (what the config checks class names against) gives the prepared dataset's
     `classes` without preparing it: digits, photos, an ImageFolder with and without the ImageNet map,
-    and a combined dataset (its parts' classes, part after part); the ImageNet names, read without
+    and a combined dataset (its parts' classes, part after part), and `num_classes_of` counts them
+    (a combined dataset's ImageNet-mapped part gave 1000 before); the ImageNet names, read without
     importing torchvision, are torchvision's."""
     from torchvision.models import MobileNet_V2_Weights
 
-    from conceptscope.data import class_names_of, imagenet_class_names
+    from conceptscope.data import class_names_of, imagenet_class_names, num_classes_of
 
     assert imagenet_class_names() == list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
     folder = {"kind": "imagefolder", "root": str(imagenette_root), "max_per_class": 1}
@@ -129,8 +130,10 @@ def test_class_names_known_before_preparation_are_the_prepared_classes(tmp_path,
         "both": {"kind": "combined", "parts": ["mapped", "digits"], "size": 32},
     }})["datasets"]
     for name, spec in specs.items():
-        expected = _prepare(tmp_path / name, spec).classes
-        assert class_names_of(spec) == expected, name
+        prepared = _prepare(tmp_path / name, spec)
+        assert class_names_of(spec) == prepared.classes, name
+        # the model's outputs (the label space, config.model_num_classes) cover exactly these classes
+        assert num_classes_of(spec) == len(prepared.classes) > prepared.manifest["label"].max(), name
     assert class_names_of(specs["wnids"])[0] == "n01440764" and class_names_of(specs["mapped"])[0] == "tench"
     assert len(class_names_of(specs["both"])) == 20 and class_names_of(specs["both"])[-1] == "9"
 

@@ -384,8 +384,8 @@ def num_classes_of(spec: dict) -> int:
         return 10
     if kind == "photos" or spec.get("label_map") == "imagenet":
         return 1000
-    if kind == "combined":
-        return sum(num_classes_of(part) for part in spec["parts"])
+    if kind == "combined":  # its parts' classes one after the other (an ImageNet-mapped part's with images only)
+        return len(class_names_of(spec))
     return len(_folder_classes(spec))
 
 
