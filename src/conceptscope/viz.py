@@ -19,9 +19,14 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 
 
+def dataset_image(data: PreparedDataset, image_id: int) -> Image.Image:
+    """One dataset image, by its manifest id, as RGB."""
+    return Image.fromarray(data.load_image(data.row(image_id))).convert("RGB")
+
+
 def crop_image(data: PreparedDataset, image_id: int, box: Sequence[float], tile: int) -> Image.Image:
     """The crop `box` (x0, y0, x1, y1, original pixels) of one dataset image, resized to tile x tile, RGB."""
-    return cut_crop(Image.fromarray(data.load_image(data.row(image_id))).convert("RGB"), box, tile)
+    return cut_crop(dataset_image(data, image_id), box, tile)
 
 
 def cut_crop(image: Image.Image, box: Sequence[float], tile: int) -> Image.Image:

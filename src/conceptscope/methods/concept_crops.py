@@ -26,7 +26,7 @@ from PIL import Image
 from ..data import WATERMARK_COLUMNS, PreparedDataset
 from ..index import CropIndex
 from ..store import CropStore, layer_store_name
-from ..viz import cut_crop
+from ..viz import cut_crop, dataset_image
 from .concepts import stitch_crops
 
 
@@ -72,7 +72,7 @@ class CropPool:
         image_id = int(self.image_ids[row])
         image = self._images.pop(image_id, None)
         if image is None:
-            image = Image.fromarray(self.data.load_image(self.data.row(image_id))).convert("RGB")
+            image = dataset_image(self.data, image_id)
             if len(self._images) >= self.IMAGE_CACHE:
                 self._images.popitem(last=False)
         self._images[image_id] = image  # most recently used last
