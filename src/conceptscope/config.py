@@ -263,11 +263,9 @@ def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) 
 def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str, tuple[int, ...]] | None:
     """The (C, h, w) maps the layers of a model spec give on its input size; None where the input size
     varies (preprocess.input_size null) and so do the maps."""
-    from .models import resolve_preprocess
-
-    if not resolve_preprocess(spec["arch"], spec["preprocess"]).get("input_size"):
-        return None
     shapes = _structure_of(spec, datasets)["shapes"]
+    if not shapes:  # no input size to run the forward pass on
+        return None
     return {layer: shapes[layer] for layer in layers}
 
 
