@@ -51,7 +51,7 @@ def crop_store(grids: list[int]):
         load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
         rows = select_images(data.manifest[data.manifest.split.isin(["train", "test"])])
         start = time.perf_counter()
-        extract_crop_vectors(model.eval(), data, rows, [LAYER], resolve_preprocess("mobilenet_v2", {}), crops_dir, grids=grids, dtype="float16", chunk_rows=8192, batch_size=32)
+        extract_crop_vectors(model.eval(), data, rows, [LAYER], resolve_preprocess("mobilenet_v2", {}), crops_dir, mode="cells", grids=grids, dtype="float16", chunk_rows=8192, batch_size=32)
         print(f"crop vectors extracted in {time.perf_counter() - start:.0f} s")
     return data, CropStore(crops_dir / f"{LAYER}.zarr")
 

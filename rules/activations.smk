@@ -18,6 +18,7 @@ rule extract_activations:
     params:
         layers=lambda w: MODELS[w.model]["layers"],
         selection=lambda w: selection_of(w.model),
+        seed=config["seed"],
         store={k: v for k, v in config["activations"].items() if k != "selection"},
         device=config["device"],
     script:
@@ -42,6 +43,7 @@ rule extract_crop_vectors:
     params:
         layers=lambda w: MODELS[w.model]["layers"],
         crops=config["crops"],
+        seed=config["seed"],
         device=config["device"],
     script:
         "../workflow_scripts/extract_crop_vectors.py"

@@ -18,7 +18,7 @@ rule extract_contrast_vectors:
         mem_mb=16000,
         runtime=1440,
     params:
-        contrast=contrast_settings("classes", "split", "max_images", "cutoff", "attribution", "attribution_options", "batch_size"),
+        contrast=contrast_settings("classes", "split", "by", "max_images", "cutoff", "attribution", "attribution_options", "batch_size"),
         seed=config["seed"],
         device=config["device"],
     script:
@@ -89,7 +89,7 @@ rule extract_contrast_concepts:
         mem_mb=8000,
         runtime=720,
     params:
-        contrast=contrast_settings("split", "max_images", "concept_pairs", "n_concepts", "batch_size"),
+        contrast=contrast_settings("split", "by", "max_images", "concept_pairs", "n_concepts", "batch_size"),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -135,6 +135,36 @@ def test_selection_per_class_by_label_and_by_prediction(shortcut_digits):
         select_images(test, by="prediction", predictions=preds.head(3))
 
 
+def test_selection_per_class_is_a_seeded_sample_not_the_first_images(shortcut_digits):
+    # ids run by split then label: the first images predicted as a class would hold every false
+    # positive of the lower-numbered classes and none of the higher ones
+    test = shortcut_digits.split("test")
+    preds = test[["image_id"]].assign(pred=np.where(test["label"].to_numpy() < 5, 7, 1))
+    picked = select_images(test, per_class=10, by="prediction", predictions=preds, seed=0)
+    as_7 = picked[picked.group == 7]
+    assert len(as_7) == 10 and as_7["label"].nunique() >= 3  # the first 10 would all be label 0
+    assert picked.equals(select_images(test, per_class=10, by="prediction", predictions=preds, seed=0))
+    assert not picked.equals(select_images(test, per_class=10, by="prediction", predictions=preds, seed=1))
+    assert picked["image_id"].is_monotonic_increasing  # manifest order kept
+    # nested: a smaller cap takes a subset of a larger one's sample with the same seed
+    small = select_images(test, per_class=4, by="prediction", predictions=preds, seed=0)
+    assert set(small.image_id) <= set(picked.image_id)
+    assert len(select_images(test, by="prediction", predictions=preds)) == len(test)  # no cap: all
+
+
+def test_split_lists_and_all(shortcut_digits):
+    from conceptscope.data import DatasetError, split_names
+
+    assert split_names("all") == ["train", "test"] and split_names(["train", "test_watermarked"]) == ["train", "test_watermarked"]
+    assert split_names(["all", "test", "test_watermarked"]) == ["train", "test", "test_watermarked"]
+    both = shortcut_digits.split(["train", "test_watermarked"])
+    assert set(both["split"]) == {"train", "test_watermarked"}
+    assert len(both) == len(shortcut_digits.split("train")) + len(shortcut_digits.split("test_watermarked"))
+    assert both["image_id"].is_monotonic_increasing
+    with pytest.raises(DatasetError, match="unknown split 'val'"):
+        shortcut_digits.split(["train", "val"])
+
+
 def _cell_means_by_loops(acts: np.ndarray, grid: int) -> np.ndarray:
     n, c, h, w = acts.shape
     out = []
@@ -173,7 +203,7 @@ def test_cells_on_maps_smaller_than_the_grid(tmp_path, shortcut_digits):
     model = build_model("vgg_small", 10, 1, seed=0).eval()
     rows = select_images(shortcut_digits.split("test"), per_class=1)
     preprocess = resolve_preprocess("vgg_small", {})
-    path = extract_crop_vectors(model, shortcut_digits, rows, ["features.7"], preprocess, tmp_path / "c", grids=[3], progress=False)["features.7"]
+    path = extract_crop_vectors(model, shortcut_digits, rows, ["features.7"], preprocess, tmp_path / "c", mode="cells", grids=[3], progress=False)["features.7"]
     vectors = CropStore(path).vectors[:].reshape(10, 9, 512)
     # a 1x1 map: every cell is the whole map
     np.testing.assert_allclose(vectors, np.repeat(vectors[:, :1], 9, axis=1))

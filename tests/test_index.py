@@ -25,7 +25,7 @@ def real_crops(tmp_path_factory):
     model = build_model("mobilenet_v2", 1000, 3)
     load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
     rows = select_images(data.split("test"))
-    paths = extract_crop_vectors(model.eval(), data, rows, ["features.14", "features.18"], resolve_preprocess("mobilenet_v2", {}), root / "crops", grids=[2, 3, 4], chunk_rows=100, progress=False)
+    paths = extract_crop_vectors(model.eval(), data, rows, ["features.14", "features.18"], resolve_preprocess("mobilenet_v2", {}), root / "crops", mode="cells", grids=[2, 3, 4], chunk_rows=100, progress=False)
     return data, CropStore(paths["features.18"]), CropStore(paths["features.14"])
 
 

@@ -23,16 +23,14 @@ def setup(snakemake) -> logging.Logger:
     return logging.getLogger(f"conceptscope.{snakemake.rule}")
 
 
-def selected_rows(data, selection: dict, predictions: list[str]):
-    """Manifest rows chosen by a `selection` config block (split, per_class, by)."""
+def selected_rows(data, selection: dict, predictions: list[str], seed: int):
+    """Manifest rows chosen by a `selection` config block (split(s), per_class, by), sampled with `seed`."""
     import pandas as pd
 
     from conceptscope.activations import select_images
 
-    splits = ["train", "test"] if selection["split"] == "all" else [selection["split"]]
-    rows = pd.concat([data.split(s) for s in splits])
     preds = pd.concat([pd.read_parquet(p) for p in predictions]) if predictions else None
-    return select_images(rows, per_class=selection["per_class"], by=selection["by"], predictions=preds)
+    return select_images(data.split(selection["split"]), per_class=selection["per_class"], by=selection["by"], predictions=preds, seed=seed)
 
 
 def job_model_and_data(snakemake):
@@ -70,18 +68,19 @@ def predicted_class_samples(snakemake, model, info, data, opts: dict, log, descr
     """
     import numpy as np
 
-    from conceptscope.data import ImageDataset
+    from conceptscope.data import ImageDataset, split_names
     from conceptscope.methods.concepts import check_non_negative, iter_class_samples
     from conceptscope.models import build_transform
 
     w, layer = snakemake.wildcards, snakemake.wildcards.layer
     labelled = sorted(int(c) for c in data.manifest["label"].unique() if c >= 0)
     classes = [int(c) for c in opts["classes"]] if opts["classes"] is not None else labelled
-    selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
-    rows = selected_rows(data, selection, [snakemake.input.predictions])
+    selection = {"split": opts["split"], "per_class": opts["max_images"], "by": opts["by"]}
+    rows = selected_rows(data, selection, [snakemake.input.predictions], snakemake.params.seed)
     rows = rows[rows["group"].isin(classes)].sort_values(["group", "image_id"], kind="stable")
-    log.info("%s/%s/%s: %d classes, %d images predicted as them (at most %d per class), %s, %s attribution",
-             w.dataset, w.model, layer, len(classes), len(rows), opts["max_images"], describe, opts["attribution"])
+    log.info("%s/%s/%s: %d classes, %d images of %s %s them (at most %d per class, seeded sample), %s, %s attribution",
+             w.dataset, w.model, layer, len(classes), len(rows), "+".join(split_names(opts["split"])),
+             "predicted as" if opts["by"] == "prediction" else "labelled", opts["max_images"], describe, opts["attribution"])
     samples = iter_class_samples(
         model,
         ImageDataset(data, rows, build_transform(info["preprocess"])),

@@ -13,7 +13,7 @@ log = setup(sm)
 device = resolve_device(sm.params.device)
 model, info = load_model(Path(sm.input.info).parent, device)
 data = PreparedDataset(sm.input.data)
-rows = selected_rows(data, sm.params.selection, sm.input.predictions)
+rows = selected_rows(data, sm.params.selection, sm.input.predictions, sm.params.seed)
 store = sm.params.store
 log.info("%s/%s: %d images, layers %s", sm.wildcards.dataset, sm.wildcards.model, len(rows), sm.params.layers)
 extract_activations(

@@ -37,8 +37,8 @@ else:  # each class against the class its classifier separates it from worst: th
         others = [b for b in trained if b != a]
         if others:
             pairs.append((a, min(others, key=lambda b: (planes.pair_accuracy(a, b), b))))
-selection = {"split": opts["split"], "per_class": opts["max_images"], "by": "prediction"}
-rows = selected_rows(data, selection, [sm.input.predictions])
+selection = {"split": opts["split"], "per_class": opts["max_images"], "by": opts["by"]}
+rows = selected_rows(data, selection, [sm.input.predictions], sm.params.seed)
 transform = build_transform(info["preprocess"])
 runner = LayerRunner(model, layer)
 log.info("%s/%s/%s: %d contrast pairs, n = %d", sm.wildcards.dataset, sm.wildcards.model, layer, len(pairs), n)

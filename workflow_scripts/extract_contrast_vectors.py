@@ -23,7 +23,7 @@ layer = sm.wildcards.layer
 classes, _, samples = predicted_class_samples(sm, model, info, data, opts, log, f"cutoff {opts['cutoff']:.2f} x max")
 records = []
 attrs = provenance("contrast_vectors", dataset=sm.wildcards.dataset, model=sm.wildcards.model, layer=layer,
-                   cutoff=opts["cutoff"], attribution=opts["attribution"], split=opts["split"], max_images=opts["max_images"])
+                   cutoff=opts["cutoff"], attribution=opts["attribution"], split=opts["split"], by=opts["by"], max_images=opts["max_images"], seed=sm.params.seed)
 with atomic_path(sm.output.vectors) as tmp:
     store = ClassVectorStore.create(tmp, attrs)
     for sample in samples:

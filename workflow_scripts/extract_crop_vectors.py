@@ -14,7 +14,7 @@ device = resolve_device(sm.params.device)
 model, info = load_model(Path(sm.input.info).parent, device)
 data = PreparedDataset(sm.input.data)
 opts = sm.params.crops
-rows = selected_rows(data, opts["selection"], sm.input.predictions)
+rows = selected_rows(data, opts["selection"], sm.input.predictions, sm.params.seed)
 log.info("%s/%s: %d images x grids %s (%s mode), layers %s", sm.wildcards.dataset, sm.wildcards.model, len(rows), opts["grids"], opts["mode"], sm.params.layers)
 extract_crop_vectors(
     model,

@@ -31,7 +31,7 @@ model, info, data, device = job_model_and_data(sm)
 layer = sm.wildcards.layer
 planes = ContrastHyperplanes.load(sm.input.hyperplanes)
 selection = {"split": shift["split"] or sm.params.split, "per_class": shift["max_images"], "by": "prediction"}
-rows = selected_rows(data, selection, [sm.input.predictions])
+rows = selected_rows(data, selection, [sm.input.predictions], sm.params.seed)
 rows = rows[rows["group"].isin(planes.classes_)]
 starts = sorted(int(c) for c in rows["group"].unique())
 # targets: every class with a classifier; start classes: those that also have images to move

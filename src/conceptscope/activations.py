@@ -31,12 +31,17 @@ def select_images(
     per_class: int | None = None,
     by: str = "label",
     predictions: pd.DataFrame | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Manifest rows to store: all of them, or the first `per_class` per label or per predicted class.
+    """Manifest rows to store: all of them, or a seeded random sample of `per_class` per label or per
+    predicted class.
 
     `by="prediction"` groups by the model's predicted class (the concept methods' choice: the paper
     explains what the model *predicts* as A); `predictions` must then hold image_id and pred.
-    The result keeps manifest order and gains a `group` column (the class it was selected for).
+    A class with more than `per_class` images gets a uniform sample drawn with `seed` (not the first
+    ones in manifest order, which would hold every false positive of the lower-numbered classes and
+    none of the higher ones); the same seed and rows give the same sample. The result keeps manifest
+    order and gains a `group` column (the class it was selected for).
     """
     if by not in SELECT_BY:
         raise ValueError(f"unknown selection 'by' {by!r}; expected one of {SELECT_BY}")
@@ -51,9 +56,13 @@ def select_images(
         rows["group"] = rows["image_id"].map(pred).astype(np.int64)
     else:
         rows["group"] = rows["label"].astype(np.int64)
+    rows = rows.sort_values("image_id", kind="stable")
     if per_class:
-        rows = rows.groupby("group", sort=False, group_keys=False).head(per_class)
-    return rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+        # one permutation of all rows, then the first `per_class` of each group in that order
+        rank = np.random.default_rng(seed).permutation(len(rows))
+        keep = pd.Series(rank, index=rows.index).groupby(rows["group"].to_numpy()).rank(method="first") <= per_class
+        rows = rows[keep.to_numpy()]
+    return rows.reset_index(drop=True)
 
 
 class LayerRecorder:

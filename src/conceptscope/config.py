@@ -270,9 +270,11 @@ def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str,
 
 
 def _check_selection(key: str, selection: dict, predict_splits: list[str]) -> None:
+    from .data import split_names
+
     if selection["by"] != "prediction":
         return
-    needed = ["train", "test"] if selection["split"] == "all" else [selection["split"]]
+    needed = split_names(selection["split"])
     missing = [s for s in needed if s not in predict_splits]
     if missing:
         raise ConfigError(f"config key '{key}.by': selecting by predicted class needs predictions of split(s) {missing}; add them to predict.splits")
@@ -283,6 +285,8 @@ def _check_method(config: dict, block: str) -> list[str]:
 
     Returns the models the block explains.
     """
+    from .data import split_names
+
     opts = config[block]
     models, splits = config["models"], config["predict"]["splits"]
     for i, name in enumerate(opts["models"] or []):
@@ -314,7 +318,7 @@ def _check_method(config: dict, block: str) -> list[str]:
     if block == "contrast" and opts["shift"]["split"] is not None:
         split_keys.append(("contrast.shift.split", opts["shift"]["split"]))
     for key, split in split_keys:
-        missing = [s for s in (["train", "test"] if split == "all" else [split]) if s not in splits]
+        missing = [s for s in split_names(split) if s not in splits]
         if missing:
             raise ConfigError(
                 f"config key '{key}': images are chosen by predicted class, which needs predictions of split(s) {missing}; add them to predict.splits"
@@ -329,10 +333,12 @@ def _check_method(config: dict, block: str) -> list[str]:
 
 def _check_concepts(config: dict) -> None:
     """The `concepts` block against the models, datasets and predictions it refers to."""
+    from .data import split_names
+
     if not _check_method(config, "concepts"):
         return
     splits = config["predict"]["splits"]
-    crop_splits = ["train", "test"] if config["crops"]["selection"]["split"] == "all" else [config["crops"]["selection"]["split"]]
+    crop_splits = split_names(config["crops"]["selection"]["split"])
     missing = [s for s in crop_splits if s not in splits]
     if missing:
         raise ConfigError(

@@ -142,7 +142,7 @@ def extract_crop_vectors(
     preprocess: dict,
     out_dir: str | Path,
     *,
-    mode: str = "cells",
+    mode: str = "crops",
     grids: Sequence[int] = (3,),
     dtype: str = "float32",
     batch_size: int = 32,

@@ -32,6 +32,19 @@ from tqdm.auto import tqdm
 from .utils import atomic_path, write_json
 
 SPLITS = ("train", "test", "test_watermarked")
+
+
+def split_names(split: str | Sequence[str]) -> list[str]:
+    """The splits a config's `split` value names: one split, a list of them, or `all` (train + clean test)."""
+    names = [split] if isinstance(split, str) else list(split)
+    out: list[str] = []
+    for name in names:
+        for part in (["train", "test"] if name == "all" else [name]):
+            if part not in SPLITS:
+                raise DatasetError(f"unknown split {part!r}; expected one of {SPLITS} or 'all'")
+            if part not in out:
+                out.append(part)
+    return out
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 WATERMARK_COLUMNS = ["wm_x0", "wm_y0", "wm_x1", "wm_y1"]
@@ -571,11 +584,12 @@ class PreparedDataset:
         shortcut = self.meta.get("shortcut")
         return None if not shortcut else int(shortcut["class"])
 
-    def split(self, split: str) -> pd.DataFrame:
-        """Manifest rows of one split (empty frame if the dataset lacks it)."""
-        if split not in SPLITS:
-            raise DatasetError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return self.manifest[self.manifest["split"] == split]
+    def split(self, split: str | Sequence[str]) -> pd.DataFrame:
+        """Manifest rows of one split, of several (a list) or of `all` (train + test), in manifest order;
+        an empty frame if the dataset lacks them."""
+        if isinstance(split, str) and split in SPLITS:
+            return self.manifest[self.manifest["split"] == split]
+        return self.manifest[self.manifest["split"].isin(split_names(split))]
 
     def row(self, image_id: int):
         """The manifest row (a namedtuple) of one image id."""
