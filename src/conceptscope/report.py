@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-MEASURE_COLUMNS = ["model", "dataset", "layer", "method", "measure", "value"]
+MEASURE_COLUMNS = ["model", "dataset", "layer", "method", "measure", "value", "chance", "n"]
+SUMMARY_COLUMNS = ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model",
+                   "chance", "n_clean", "noise_floor", "verdict"]
 
 
 def shortcut_pairs(models: dict, datasets: dict) -> list[tuple[str, str, str]]:
@@ -37,27 +39,59 @@ def shortcut_pairs(models: dict, datasets: dict) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def _measure(frame: pd.DataFrame, method: str, measure: str, value: pd.Series, layer: pd.Series | str = "") -> pd.DataFrame:
+def _measure(frame: pd.DataFrame, method: str, measure: str, value: pd.Series, layer: pd.Series | str = "",
+             chance: float = 0.0, n: pd.Series | None = None) -> pd.DataFrame:
+    """Rows of MEASURE_COLUMNS. Larger values mean more of the watermark. `chance` is the value of a
+    method that ignores the watermark (0 for a share, 1 for a ratio to the box's share, 0.5 for an
+    AUC); `n`, where the value is a share of n independent units (images, crops), sizes its noise."""
     out = pd.DataFrame({"model": frame["model"].to_numpy(), "dataset": frame["dataset"].to_numpy()})
     out["layer"] = layer.to_numpy() if isinstance(layer, pd.Series) else layer
     out["method"], out["measure"], out["value"] = method, measure, value.to_numpy(dtype=float)
+    out["chance"] = float(chance)
+    out["n"] = float("nan") if n is None else n.to_numpy(dtype=float)
     return out
+
+
+# the verdict's two conditions (report front page, shortcut_summary.csv)
+VERDICT_RATIO = 2.0  # the shortcut model's excess over chance is at least this multiple of the clean twin's
+VERDICT_SIGMAS = 2.0  # ... and beyond the clean twin's value by this many binomial standard errors (shares)
+
+
+def noise_floor(clean: float, chance: float, n: float) -> float:
+    """The value the shortcut model must exceed beyond the clean twin's ratio condition: the clean
+    twin's value plus VERDICT_SIGMAS binomial standard errors of a share of n units (the rate taken
+    as at least 1/n, so a clean twin at 0 still has a floor); `chance` where n is unknown."""
+    if not n or n != n:  # unknown: not a share of independent units
+        return max(clean, chance)
+    rate = min(max(clean, 1.0 / n), 1.0)
+    return clean + VERDICT_SIGMAS * (rate * (1 - rate) / n) ** 0.5
+
+
+def verdict(shortcut: float, clean: float, chance: float, n: float) -> str:
+    """'detected' when the shortcut model's excess over chance is at least VERDICT_RATIO times the
+    clean twin's (the clean twin's taken as 0 when below chance) and its value is above the noise
+    floor; 'not detected' otherwise; 'no clean twin value' when either value is missing."""
+    if shortcut != shortcut or clean != clean:
+        return "no clean twin value"
+    ratio_holds = shortcut - chance >= VERDICT_RATIO * max(clean - chance, 0.0) and shortcut > chance
+    return "detected" if ratio_holds and shortcut > noise_floor(clean, chance, n) else "not detected"
 
 
 def _prediction(tables: dict) -> pd.DataFrame:
     frame = tables["models"]
     frame = frame[(frame["split"] == "test_watermarked") & frame["shortcut_rate"].notna()]
     return _measure(frame, "prediction", "watermarked test images of other classes predicted as the shortcut class",
-                    frame["shortcut_rate"])
+                    frame["shortcut_rate"], n=frame["n_images"] if "n_images" in frame else None)
 
 
 def _crops_on_watermark(table: str, method: str) -> Callable[[dict], pd.DataFrame]:
     def read(tables: dict) -> pd.DataFrame:
         frame = tables[table]
         frame = frame[frame["shortcut_class"].isin([True, "True", "true", 1])]  # the concepts of the shortcut class
-        frame = frame.groupby(["model", "dataset", "layer"], as_index=False)["share_overlapping_watermark"].mean()
+        grouped = frame.groupby(["model", "dataset", "layer"], as_index=False)
+        frame = grouped["share_overlapping_watermark"].mean().merge(grouped["top_m"].sum(), on=["model", "dataset", "layer"])
         return _measure(frame, method, "top crops of the shortcut class's concepts overlapping the watermark",
-                        frame["share_overlapping_watermark"], frame["layer"])
+                        frame["share_overlapping_watermark"], frame["layer"], n=frame["top_m"])
     return read
 
 
@@ -78,7 +112,7 @@ def _nave(tables: dict) -> pd.DataFrame:
     for (method, clustering, k, strategy), part in frame.groupby(["method", "clustering", "k", "strategy"], sort=False):
         k = int(k) if float(k).is_integer() else k  # read as float where the table has empty cells
         name = f"images where a segment's {strategy} box covers the watermark (IoU >= 0.5; {method}, {clustering}, K={k})"
-        parts.append(_measure(part, "nave", name, part["covered_rate"], part["layers"]))
+        parts.append(_measure(part, "nave", name, part["covered_rate"], part["layers"], n=part["n_images"]))
     return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
 
 
@@ -96,7 +130,7 @@ def _dora(tables: dict) -> pd.DataFrame:
 
 def _cluscam(tables: dict) -> pd.DataFrame:
     frame = tables["cluscam_watermark"]
-    parts = [_measure(part, method, "saliency in the watermark box / the box's share of the image", part["ratio"], part["layer"])
+    parts = [_measure(part, method, "saliency in the watermark box / the box's share of the image", part["ratio"], part["layer"], chance=1.0)
              for method, part in frame.groupby("method", sort=False)]
     return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
 
@@ -124,7 +158,7 @@ def shortcut_summary(tables: dict[str, pd.DataFrame], pairs: list[tuple[str, str
     missing or empty are left out. Columns: model, clean_twin, dataset, method, measure, layer,
     shortcut_model, clean_model.
     """
-    columns = ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model"]
+    columns = SUMMARY_COLUMNS
     measures = []
     for names, read in SHORTCUT_MEASURES.values():
         if all(name in tables and len(tables[name]) for name in names):
@@ -133,13 +167,23 @@ def shortcut_summary(tables: dict[str, pd.DataFrame], pairs: list[tuple[str, str
         return pd.DataFrame(columns=columns)
     measures = pd.concat(measures, ignore_index=True)
     measures["layer"] = measures["layer"].fillna("").astype(str)
-    keys = ["dataset", "method", "measure", "layer"]
+    for column in ("chance", "n"):
+        if column not in measures:
+            measures[column] = 0.0 if column == "chance" else float("nan")
+    measures["chance"] = measures["chance"].fillna(0.0)
+    keys = ["dataset", "method", "measure", "layer", "chance"]
     parts = []
     for shortcut, clean, dataset in pairs:
-        mine, theirs = (measures.loc[(measures["model"] == m) & (measures["dataset"] == dataset), keys + ["value"]] for m in (shortcut, clean))
-        merged = mine.merge(theirs, on=keys, how="outer", suffixes=("", "_clean"), sort=False)
-        parts.append(merged.rename(columns={"value": "shortcut_model", "value_clean": "clean_model"}).assign(model=shortcut, clean_twin=clean))
-    return pd.concat(parts, ignore_index=True)[columns]
+        mine, theirs = (measures.loc[(measures["model"] == m) & (measures["dataset"] == dataset), keys + ["value", "n"]] for m in (shortcut, clean))
+        merged = mine.drop(columns="n").merge(theirs, on=keys, how="outer", suffixes=("", "_clean"), sort=False)
+        merged = merged.rename(columns={"value": "shortcut_model", "value_clean": "clean_model", "n": "n_clean"})
+        parts.append(merged.assign(model=shortcut, clean_twin=clean))
+    summary = pd.concat(parts, ignore_index=True)
+    summary["noise_floor"] = [noise_floor(c, ch, n) if c == c else float("nan")
+                              for c, ch, n in zip(summary["clean_model"], summary["chance"], summary["n_clean"])]
+    summary["verdict"] = [verdict(s, c, ch, n) for s, c, ch, n in
+                          zip(summary["shortcut_model"], summary["clean_model"], summary["chance"], summary["n_clean"])]
+    return summary[columns]
 
 
 def table_page(frame: pd.DataFrame, title: str, caption: str, query: str | None = None, max_rows: int = 2000,
@@ -225,14 +269,19 @@ def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, 
     lines += ["The planted shortcut, method by method", "--------------------------------------", ""]
     if len(summary):
         lines += ["Each shortcut-trained model beside its clean twin on the same watermarked test images "
-                  "(``tables/shortcut_summary.csv``; one row per measure and layer). A method finds the shortcut "
-                  "where the shortcut model's value departs clearly from the clean twin's.", ""]
+                  "(``tables/shortcut_summary.csv``; one row per measure and layer; larger values mean more of the "
+                  f"watermark). A measure says **detected** when the shortcut model's excess over chance (0 for a share, "
+                  f"1 for a ratio to the box's share, 0.5 for an AUC) is at least {VERDICT_RATIO:g}x the clean twin's and "
+                  f"its value is above the noise floor (for a share of n images or crops: the clean twin's value plus "
+                  f"{VERDICT_SIGMAS:g} binomial standard errors).", ""]
+        counts = summary.groupby("method", sort=False)["verdict"].agg(lambda v: f"{(v == 'detected').sum()} of {len(v)}")
+        lines += ["Measures detecting the shortcut, by method: " + "; ".join(f"{m} {c}" for m, c in counts.items()) + ".", ""]
         shown = summary.copy()
-        shown["shortcut_model"] = shown["shortcut_model"].map(_fmt)
-        shown["clean_model"] = shown["clean_model"].map(_fmt)
+        for column in ("shortcut_model", "clean_model", "noise_floor"):
+            shown[column] = shown[column].map(_fmt)
         for (model, clean), part in shown.groupby(["model", "clean_twin"], sort=False):
             lines += [f"**{model}** (shortcut) vs **{clean}** (clean twin):", "",
-                      _rst_table(part[["method", "measure", "layer", "shortcut_model", "clean_model"]].rename(
+                      _rst_table(part[["method", "measure", "layer", "shortcut_model", "clean_model", "noise_floor", "verdict"]].rename(
                           columns={"shortcut_model": model, "clean_model": clean})), ""]
     else:
         lines += ["No shortcut-trained model with a clean twin in this run.", ""]
