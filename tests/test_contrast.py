@@ -8,6 +8,7 @@ and the shifting test by moving real images' activations to another class.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from conceptscope.methods.contrast import (
     pair_init,
     shift_predictions,
     shifting_plan,
+    shifting_summary,
     train_pair_reference,
 )
 from conceptscope.models import build_model
@@ -191,6 +193,29 @@ def test_shifting_plan_draws_distinct_targets_per_start_and_is_seeded():
     assert plan[0] != plan[1] and plan != shifting_plan(classes, n_targets=10, n_repeats=5, seed=4)
     few = shifting_plan([1, 2, 3], n_targets=10, n_repeats=2)
     assert all(sorted(pairs) == [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)] for pairs in few)
+
+
+def test_shifting_summary_is_table_3_mean_and_std_over_the_drawn_pairs():
+    """Table 3's bracketed std is over the per-pair best values, not over images: a pair of nine
+    images spread over 0 and 1 counts once, as in the authors' summary script."""
+    pairs = pd.DataFrame(
+        [(0, 1, 1, 0.0, 1.0, 0.0, 2.0, 1.0), (0, 2, 9, 0.2, 0.5, 0.5, 10.0, 0.9), (1, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.8),
+         (1, 2, 1, 0.1, 0.9, 0.0, 50.0, 1.0), (2, 0, 4, 0.7, 0.123, 0.3, 1.0, 0.5)],  # the last pair is never drawn
+        columns=["start", "target", "n_images", "default_pred", "shifted_pred", "shifted_pred_image_std", "best_offset", "pair_accuracy"],
+    )
+    plan = pd.DataFrame([(0, 0, 1), (0, 0, 2), (1, 1, 0), (1, 1, 2)], columns=["repeat", "start", "target"])
+    row = shifting_summary(pairs, plan)
+    # shifted: repeat 0 pairs [1.0, 0.5] (mean 0.75, std 0.25), repeat 1 [0.0, 0.9] (mean 0.45, std 0.45)
+    assert row["shifted_pred_mean"] == pytest.approx(0.6)
+    assert row["shifted_pred_repeat_std"] == pytest.approx(0.15)
+    assert row["shifted_pred_std"] == pytest.approx(0.35)  # over all 12 images of those pairs it would be 0.491
+    # default: repeat 0 [0.0, 0.2], repeat 1 [0.1, 0.1]
+    assert row["default_pred_mean"] == pytest.approx(0.1)
+    assert row["default_pred_repeat_std"] == pytest.approx(0.0)
+    assert row["default_pred_std"] == pytest.approx(0.05)
+    assert row["n_repeats"] == 2 and row["pairs_per_repeat"] == 2 and row["n_start_classes"] == 2
+    assert row["median_best_offset"] == pytest.approx(6.0) and row["mean_pair_accuracy"] == pytest.approx(0.925)
+    assert shifting_summary(pairs, plan.iloc[:0]) == {}
 
 
 def test_class_vector_store_round_trip_and_incomplete_store_refused(tmp_path, class_vectors):

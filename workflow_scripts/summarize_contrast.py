@@ -1,9 +1,11 @@
 """Rule summarize_contrast: the contrasting tables (concepts paper Sec. 5, Tables 3-4, App. D.3).
 
-tables/contrast_shifting_test.csv: per model x dataset x layer, the paper's Table 3: mean softmax of
-  A for the images of B, unshifted (default_pred) and at the best offset along the (A, B) normal
-  (shifted_pred); mean and std over the repeats of the protocol, and (as the paper's parenthesis)
-  the std over all images of all drawn pairs.
+tables/contrast_shifting_test.csv: per model x dataset x layer, the paper's Table 3 (see
+  `shifting_summary`): per drawn (B, A) pair the mean softmax of A over the images of B, unshifted
+  (default_pred) and at the pair's best offset along the (A, B) normal (shifted_pred); *_pred_mean
+  over all pairs of a repeat, averaged over the repeats; *_pred_std the std over a repeat's pairs
+  (the paper's bracketed std over all samples), averaged over the repeats; *_pred_repeat_std the
+  std of the repeat means (the paper's first +-).
 tables/contrast_pairs.csv: per model x dataset x layer, the pair classifiers: classes, pairs,
   training accuracy (mean, median, min) and training time.
 tables/contrast_prediction_test.csv: per contrast pair and variant (crops of any image / excluding
@@ -16,43 +18,24 @@ figures/contrast_shifting/{dataset}_{model}.png: mean softmax of A against the o
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import zarr
 
 from _common import setup
 from conceptscope.methods.concept_crops import watermark_summary
+from conceptscope.methods.contrast import shifting_summary
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 shift_rows, pair_rows, tests, marks, curves = [], [], [], [], []
 
-
-def pooled_std(means: np.ndarray, stds: np.ndarray, counts: np.ndarray) -> float:
-    """Std over all images of several groups, from each group's mean, std and size."""
-    total = counts.sum()
-    if total == 0:
-        return float("nan")
-    grand = (counts * means).sum() / total
-    return float(np.sqrt(max(0.0, (counts * (stds**2 + means**2)).sum() / total - grand**2)))
-
-
 for job, shifting, pairs_file, planes, crops_dir in zip(sm.params.jobs, sm.input.shifting, sm.input.pairs, sm.input.hyperplanes, sm.input.tests):
     shifting, crops_dir = Path(shifting), Path(crops_dir)
-    pairs = pd.read_csv(shifting / "pairs.csv")
-    plan = pd.read_csv(shifting / "plan.csv")
-    drawn = plan.merge(pairs, on=["start", "target"], how="inner")
-    if len(drawn):
-        per_repeat = drawn.groupby("repeat")[["default_pred", "shifted_pred"]].mean()
-        row = {**job, "n_start_classes": drawn["start"].nunique(), "n_pairs": len(pairs), "n_repeats": len(per_repeat),
-               "pairs_per_repeat": len(drawn) / len(per_repeat), "median_best_offset": drawn["best_offset"].median(),
-               "mean_pair_accuracy": drawn["pair_accuracy"].mean()}
-        for kind in ("default", "shifted"):
-            row[f"{kind}_pred_mean"] = per_repeat[f"{kind}_pred"].mean()
-            row[f"{kind}_pred_std"] = per_repeat[f"{kind}_pred"].std(ddof=0)
-            row[f"{kind}_pred_sample_std"] = pooled_std(drawn[f"{kind}_pred"].to_numpy(), drawn[f"{kind}_pred_image_std"].to_numpy(), drawn["n_images"].to_numpy())
-        shift_rows.append(row)
+    shifted = pd.read_csv(shifting / "pairs.csv")
+    row = shifting_summary(shifted, pd.read_csv(shifting / "plan.csv"))
+    if row:
+        shift_rows.append({**job, **row, "n_pairs": len(shifted)})
         offsets = pd.read_csv(shifting / "offsets.csv").groupby("offset")["pred"].mean().reset_index()
         curves.append(offsets.assign(**job))
     trained = pd.read_parquet(pairs_file)
@@ -73,8 +56,8 @@ for job, shifting, pairs_file, planes, crops_dir in zip(sm.params.jobs, sm.input
             marks.append(shares.assign(**job))
 
 keys = ["model", "dataset", "layer"]
-columns = keys + ["default_pred_mean", "shifted_pred_mean", "shifted_pred_std", "default_pred_std", "default_pred_sample_std",
-                  "shifted_pred_sample_std", "n_start_classes", "n_pairs", "n_repeats", "pairs_per_repeat", "median_best_offset", "mean_pair_accuracy"]
+columns = keys + ["default_pred_mean", "shifted_pred_mean", "shifted_pred_std", "default_pred_std", "shifted_pred_repeat_std",
+                  "default_pred_repeat_std", "n_start_classes", "n_pairs", "n_repeats", "pairs_per_repeat", "median_best_offset", "mean_pair_accuracy"]
 shift_table = pd.DataFrame(shift_rows, columns=columns)[columns]
 pair_columns = keys + ["n_classes", "n_pairs", "ordered", "accuracy_mean", "accuracy_median", "accuracy_min", "train_seconds", "device"]
 test_columns = keys + ["class", "class_name", "against", "n_concepts", "exclude_target", "target_prob", "against_prob", "predicted", "predicts_target", "status"]
@@ -111,5 +94,5 @@ with atomic_path(sm.output.offsets) as tmp:
             fig.savefig(tmp / f"{dataset}_{model}.png", dpi=110)
             plt.close(fig)
 for row in shift_rows:
-    log.info("%s %s %s: default %.3f, shifted %.3f +- %.3f over %d repeats", row["model"], row["dataset"], row["layer"],
-             row["default_pred_mean"], row["shifted_pred_mean"], row["shifted_pred_std"], row["n_repeats"])
+    log.info("%s %s %s: default %.3f, shifted %.3f +- %.3f over %d repeats (+- %.3f over pairs)", row["model"], row["dataset"], row["layer"],
+             row["default_pred_mean"], row["shifted_pred_mean"], row["shifted_pred_repeat_std"], row["n_repeats"], row["shifted_pred_std"])

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import zarr
@@ -426,3 +427,38 @@ def iter_shift_results(
                 probs = shift_predictions(runner, images, weight, target, offsets=offsets, heads=heads)
                 yield ShiftResult(target=target, start=start, offsets=offsets, probs=probs)
                 bar.update(1)
+
+
+def shifting_summary(pairs: pd.DataFrame, plan: pd.DataFrame) -> dict[str, float]:
+    """The paper's Table 3 row from the shifting test's per-pair results (Sec. 5.2.1).
+
+    `pairs`: one row per distinct (start, target) with `default_pred` and `shifted_pred`, the mean
+    softmax of A over the images of B unshifted and at the pair's best offset (`ShiftResult`).
+    `plan`: (repeat, start, target), the pairs drawn in each repeat (`shifting_plan`). A sample of
+    the table is one drawn pair's value, as in the authors' summary script: per repeat the mean and
+    the std (ddof 0) over its pairs; then for kind in default, shifted:
+
+    - `{kind}_pred_mean`: mean over the repeats of the repeat means (the table's value);
+    - `{kind}_pred_repeat_std`: std (ddof 0) over the repeats of the repeat means (its first +-);
+    - `{kind}_pred_std`: mean over the repeats of the std over the repeat's pairs (its bracketed
+      +-, "standard deviation over all samples").
+
+    Also n_repeats, pairs_per_repeat, n_start_classes, median_best_offset and mean_pair_accuracy
+    (where `pairs` has best_offset / pair_accuracy). Empty dict when no drawn pair has a result.
+    """
+    drawn = plan[["repeat", "start", "target"]].merge(pairs, on=["start", "target"], how="inner")
+    if not len(drawn):
+        return {}
+    by_repeat = drawn.groupby("repeat")
+    row: dict[str, float] = {}
+    for kind in ("default", "shifted"):
+        means = by_repeat[f"{kind}_pred"].mean()
+        row[f"{kind}_pred_mean"] = float(means.mean())
+        row[f"{kind}_pred_repeat_std"] = float(means.std(ddof=0))
+        row[f"{kind}_pred_std"] = float(by_repeat[f"{kind}_pred"].std(ddof=0).mean())
+    row.update(n_repeats=len(means), pairs_per_repeat=len(drawn) / len(means), n_start_classes=int(drawn["start"].nunique()))
+    if "best_offset" in drawn:
+        row["median_best_offset"] = float(drawn["best_offset"].median())
+    if "pair_accuracy" in drawn:
+        row["mean_pair_accuracy"] = float(drawn["pair_accuracy"].mean())
+    return row
