@@ -272,3 +272,51 @@ def test_prediction_test_reports_the_softmax_of_the_target(photos):
     assert stitch_transform(preprocess)(stitched).shape == (3, 4 * 74, 74)
     single = prediction_test(model, stitch_transform(preprocess), stitched, GOOSE)
     assert single.target_prob.shape == (1,) and 0 <= single.target_prob[0] <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# The stricter prediction test sees the crops as they are stitched (Sec. 4.3, Figure 4)
+
+
+def test_the_stricter_variant_excludes_crops_the_model_sees_as_the_class_when_stitched(photos, tmp_path):
+    """Figure 4: with the crops predicted as A excluded, the one-concept stitched image, one such
+    crop, is never predicted as A. In `crops` mode a crop is retrieved (and classified for the store)
+    resized to 224 px but stitched at 74 px, where MobileNetV2 may see A in it; those crops are
+    excluded too, so exclusion describes the image that is tested."""
+    from conceptscope.crops import extract_crop_vectors
+    from conceptscope.index import CropIndex, IndexParams, build_crop_index
+    from conceptscope.methods.concept_crops import CropPool, StitchedCropClassifier, hit_records, search_pools, stitch_hits
+    from conceptscope.store import CropStore
+
+    model, preprocess, data = photos["model"], photos["preprocess"], photos["data"]
+    rows = data.split("test").iloc[:8]  # 72 crops: a 224 px pass each is most of the test's time
+    path = extract_crop_vectors(model, data, rows, ["features.18"], preprocess, tmp_path / "crops", mode="crops", grids=[3], progress=False)["features.18"]
+    store = CropStore(path)
+    image_pred = pd.Series(photos["logits"].argmax(1).numpy(), index=photos["dataset"].rows["image_id"]).reindex(store.image_ids).to_numpy()
+    pool = CropPool("photos", data, store, CropIndex(build_crop_index(store, IndexParams(type="flat"), progress=False), store.image_ids),
+                    image_pred, store.predicted, store.image_ids)
+    transform = stitch_transform(preprocess)
+    stitched = StitchedCropClassifier(model, transform, size=74, batch_size=32)
+    shown = stitched(pool, np.arange(len(store)))
+    # crops the model sees as a class only at 74 px: neither their photo nor the 224 px crop is that class
+    tricky = np.flatnonzero((shown != pool.image_pred) & (shown != pool.crop_pred))
+    assert len(tricky) >= 3, "the photos should have crops whose class changes with the crop's size"
+    vectors = store.vectors[:]
+    for row in tricky[:3]:
+        target = int(shown[row])
+        tile = pool.crop(row, 74)
+        np.testing.assert_array_equal(np.asarray(stitch_crops([tile], size=74)), np.asarray(tile))  # the one-concept test image
+        assert prediction_test(model, transform, tile, target).predicted[0] == target  # what the classifier said, unbatched
+        # the filters known from the store admit the crop itself first (cosine 1 with its own vector) ...
+        assert search_pools([pool], vectors[row], m=3, exclude_target=target).rows[0, 0] == row
+        # ... the stricter variant does not: no hit is the class at 74 px, so neither is the test image
+        strict = search_pools([pool], vectors[row], m=3, exclude_target=target, stitched=stitched)
+        assert row not in strict.rows and (strict.rows >= 0).all()
+        records = hit_records([pool], strict, stitched)
+        assert (records["stitched_pred"] != target).all() and (records["crop_pred"] != target).all() and (records["image_pred"] != target).all()
+        np.testing.assert_array_equal(records["stitched_pred"], shown[records["row"]])
+        assert prediction_test(model, transform, stitch_hits([pool], strict, 74), target).predicted[0] != target
+    # without exclusion the classifier only records; crops are classified once (cached)
+    allowed = search_pools([pool], vectors[tricky[:2]], m=3, stitched=stitched)
+    assert (allowed.rows[:, 0] == tricky[:2]).all()
+    assert len(stitched._cache[id(pool)][1]) == len(store)

@@ -3,10 +3,16 @@
 Writes into the output directory:
   top_crops.parquet   per class, n, variant (allowed / excluding the class), concept and rank:
                       the crop (pool, row, image, box), its cosine score, the model's predictions
-                      for its image and for the crop alone, and whether it overlaps a watermark box
+                      for its image, for the crop alone as retrieved (crop_pred, `crops` mode: resized
+                      to the input size) and as it appears in the stitched image (stitched_pred), and
+                      whether it overlaps a watermark box
   prediction_test.csv per class, n and variant: the stitched image's softmax for the class, the
                       argmax class, and whether it is the class
   figures/<class>.png the concepts of the figure's n, allowed and excluded panels (Figures 5-8)
+
+The excluded variant drops every crop whose image, or the crop itself as retrieved or as stitched,
+the model predicts as the class (`search_pools` with a `StitchedCropClassifier`): the one-concept
+stitched image is then never predicted as the class, as the paper's Figure 4 says.
 
 Contrast concepts (components.npz with `against`: why A rather than B, paper Sec. 5.1.2) run
 through the same steps, per [A, B] row: the tables gain `against` and `against_prob` (the stitched
@@ -20,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from _common import job_model_and_data, setup
-from conceptscope.methods.concept_crops import CropPool, concept_figure, hit_records, search_pools, stitch_hits
+from conceptscope.methods.concept_crops import CropPool, StitchedCropClassifier, concept_figure, hit_records, search_pools, stitch_hits
 from conceptscope.methods.concepts import prediction_test, stitch_transform
 from conceptscope.utils import atomic_path
 
@@ -37,6 +43,7 @@ preprocess = info["preprocess"]
 input_size = preprocess.get("input_size") or preprocess.get("resize")
 stitch_size = opts["stitch_size"] or max(1, int(input_size) // max(sm.params.grids))
 transform = stitch_transform(preprocess)
+stitched = StitchedCropClassifier(model, transform, stitch_size)  # the crops as the prediction test sees them
 pools = [
     CropPool.open(name, d, c, i, p, layer)
     for name, d, c, i, p in zip(sm.params.pools, sm.input.pool_data, sm.input.pool_crops, sm.input.pool_index, sm.input.pool_predictions)
@@ -68,9 +75,9 @@ with atomic_path(out) as tmp:
                 continue
             panels = {}
             for variant, exclude in variants.items():
-                hits = search_pools(pools, vectors, opts["top_m"], exclude_target=target if exclude else None, one_per_image=opts["one_per_image"])
+                hits = search_pools(pools, vectors, opts["top_m"], exclude_target=target if exclude else None, one_per_image=opts["one_per_image"], stitched=stitched)
                 panels[variant] = hits
-                frame = hit_records(pools, hits)
+                frame = hit_records(pools, hits, stitched)
                 crops.append(frame.assign(**{"class": target, **pair, "n_concepts": n, "variant": variant}))
                 image = stitch_hits(pools, hits, stitch_size)
                 row = {"class": target, **pair, "n_concepts": n, "exclude_target": exclude is not None}

@@ -3,12 +3,24 @@
 A concept is shown as the m crops of a crop pool most similar to it (cosine similarity of the
 crop's spatially averaged activation with the concept vector, Sec. 4.2). A pool is one dataset's
 crop store and FAISS index; several pools (e.g. ImageNet plus a varied second set, as the stricter
-test needs, Sec. 7) are searched one by one and merged by score. The stricter variant excludes
-every crop whose image, or the crop itself, the model predicts as the explained class (Fig. 1,
-Table 2); the filter runs inside the index search, so nothing scans all crops per class.
+test needs, Sec. 7) are searched one by one and merged by score. The prediction test stitches the
+top crop of each concept at `size` x `size` (74 px for 224 px models, as the paper's crops).
+
+The stricter variant (Sec. 4.3, Table 2) uses "only crops where the model is not predicting class
+A"; the paper has one crop geometry, so that the stitched image of a single concept, one such crop,
+is "never predicted as the target class" by construction (Sec. 4.3, Figure 4). Here a crop has two:
+in `crops` mode its vector and stored prediction come from the crop resized to the model's input
+size (as retrieved), while the test sees it at the stitched size. The stricter variant excludes a
+crop when the model predicts A for its image, for the crop as retrieved (`crop_pred`, `crops` mode),
+or, given a `StitchedCropClassifier`, for the crop as it appears in the stitched image: cut and
+resized exactly as `stitch_hits` pastes it and fed alone, i.e. the one-concept test image itself
+(`stitched_pred`). The first two filters run inside the index search; the stitched-image check
+classifies only the crops that come up among the hits, and the search repeats without those
+predicted as A until the top m are admissible. `hit_records` records both crop predictions.
 
     pools = [CropPool.open("imagenette", data_dir, crops_dir, index_path, predictions, "features.18")]
-    hits = search_pools(pools, concept_vectors, m=8, exclude_target=388)
+    stitched = StitchedCropClassifier(model, stitch_transform(preprocess), size=74)
+    hits = search_pools(pools, concept_vectors, m=8, exclude_target=388, stitched=stitched)
     image = stitch_hits(pools, hits, size=74)
 """
 
@@ -21,7 +33,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from torch import nn
 
 from ..data import WATERMARK_COLUMNS, PreparedDataset
 from ..index import CropIndex
@@ -85,11 +99,49 @@ class CropPool:
         return self._watermarks.loc[np.asarray(image_ids)].to_numpy()
 
     def excluded(self, target: int) -> np.ndarray:
-        """Mask of the crops the stricter test may not use for `target`: image or crop predicted as it."""
+        """Mask of the crops the stricter test may not use for `target`, known without running the
+        model: image predicted as it, or (`crops` mode) the crop as retrieved predicted as it."""
         mask = self.image_pred == target
         if self.crop_pred is not None:
             mask |= self.crop_pred == target
         return mask
+
+
+class StitchedCropClassifier:
+    """The model's class for a pool's crops as they appear in the prediction test's stitched image.
+
+    Each crop is cut from its image and resized to `size` x `size` as `stitch_hits` pastes it
+    (`CropPool.crop`), and fed alone through `transform` (use `stitch_transform(preprocess)`, as the
+    prediction test does): the stitched image of a single concept. Classes are computed in batches of
+    `batch_size` on the model's device and cached per pool and row, so a crop is classified once
+    however many classes and concepts it comes up for.
+    """
+
+    def __init__(self, model: nn.Module, transform, size: int, *, batch_size: int = 64):
+        self.model = model
+        self.transform = transform
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self._cache: dict[int, tuple[CropPool, dict[int, int]]] = {}  # id(pool) -> (pool, row -> class)
+
+    @torch.no_grad()
+    def __call__(self, pool: CropPool, rows: np.ndarray) -> np.ndarray:
+        """(k,) the predicted class of each crop-store row of `pool`, as a one-crop stitched image."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        known = self._cache.setdefault(id(pool), (pool, {}))[1]  # the pool is kept, so its id is not reused
+        todo = [int(r) for r in dict.fromkeys(rows.tolist()) if int(r) not in known]
+        if todo:
+            device = next(self.model.parameters()).device
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                for i in range(0, len(todo), self.batch_size):
+                    batch = todo[i : i + self.batch_size]
+                    images = torch.stack([self.transform(pool.crop(r, self.size)) for r in batch]).to(device)
+                    known.update(zip(batch, self.model(images).float().argmax(dim=1).tolist()))
+            finally:
+                self.model.train(was_training)
+        return np.array([known[int(r)] for r in rows], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -111,11 +163,14 @@ def search_pools(
     *,
     exclude_target: int | None = None,
     one_per_image: bool = False,
+    stitched: StitchedCropClassifier | None = None,
 ) -> CropHits:
     """The m crops most similar to each query over all pools (merged by cosine similarity).
 
     `exclude_target`: the stricter variant, no crop from an image predicted as that class and no
-    crop predicted as it on its own.
+    crop predicted as it as retrieved (`CropPool.excluded`); with `stitched`, also no crop predicted
+    as it as it appears in the stitched test image (the search repeats without such crops until the
+    top m of each pool are admissible). `stitched` acts only with `exclude_target`.
     """
     if not pools:
         raise ValueError("no crop pool to search")
@@ -123,7 +178,15 @@ def search_pools(
     pool_ids, rows, scores = [], [], []
     for i, pool in enumerate(pools):
         exclude = pool.excluded(exclude_target) if exclude_target is not None else None
-        s, r = pool.index.search(queries, m, exclude_rows=exclude, one_per_image=one_per_image)
+        while True:
+            s, r = pool.index.search(queries, m, exclude_rows=exclude, one_per_image=one_per_image)
+            if exclude is None or stitched is None:
+                break
+            found = np.unique(r[r >= 0])
+            shown_as_target = found[stitched(pool, found) == exclude_target]
+            if not len(shown_as_target):
+                break
+            exclude[shown_as_target] = True
         pool_ids.append(np.where(r >= 0, i, -1))
         rows.append(r)
         scores.append(s)
@@ -133,9 +196,11 @@ def search_pools(
     return CropHits(pool=take(pool_ids), rows=take(rows), scores=take(scores))
 
 
-def hit_records(pools: Sequence[CropPool], hits: CropHits) -> pd.DataFrame:
-    """One row per hit: concept, rank, pool, row, image_id, box, score, the model's image and crop
-    predictions, and whether the crop overlaps the image's recorded watermark box (False where none)."""
+def hit_records(pools: Sequence[CropPool], hits: CropHits, stitched: StitchedCropClassifier | None = None) -> pd.DataFrame:
+    """One row per hit: concept, rank, pool, row, image_id, box, score, the model's predictions for
+    the crop's image (image_pred), for the crop as retrieved (crop_pred, -1 in `cells` mode) and as it
+    appears in the stitched test image (stitched_pred, -1 without `stitched`), and whether the crop
+    overlaps the image's recorded watermark box (False where none)."""
     records = []
     for (concept, rank), pool_index in np.ndenumerate(hits.pool):
         if pool_index < 0:
@@ -161,11 +226,13 @@ def hit_records(pools: Sequence[CropPool], hits: CropHits) -> pd.DataFrame:
             box_y1=boxes[:, 3],
             image_pred=pool.image_pred[rows],
             crop_pred=pool.crop_pred[rows] if pool.crop_pred is not None else -1,
+            stitched_pred=stitched(pool, rows) if stitched is not None else -1,
         )
         marks = pool.watermarks(image_ids)
         group["overlaps_watermark"] = boxes_overlap(boxes, marks)
         parts.append(group)
-    columns = ["concept", "rank", "pool", "row", "image_id", "box_x0", "box_y0", "box_x1", "box_y1", "score", "image_pred", "crop_pred", "overlaps_watermark"]
+    columns = ["concept", "rank", "pool", "row", "image_id", "box_x0", "box_y0", "box_x1", "box_y1", "score", "image_pred", "crop_pred", "stitched_pred",
+               "overlaps_watermark"]
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts).sort_values(["concept", "rank"]).reset_index(drop=True)[columns]
