@@ -42,7 +42,7 @@ rule extract_crop_vectors:
         runtime=1440,
     params:
         layers=lambda w: MODELS[w.model]["layers"],
-        crops=config["crops"],
+        crops=lambda w: crop_store_settings(w.dataset),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -136,6 +136,12 @@ def concept_settings():
     return {key: config["concepts"][key] for key in keys}
 
 
+def crop_store_settings(dataset):
+    """The `crops` block as one dataset's crop vectors use it: its own mode from `dataset_modes`."""
+    opts = {key: value for key, value in config["crops"].items() if key != "dataset_modes"}
+    return {**opts, "mode": config["crops"]["dataset_modes"].get(dataset, opts["mode"])}
+
+
 def crop_settings():
     keys = ("crop_pools", "top_m", "one_per_image", "stitch_size", "max_figures", "n_concepts", "sweep")
     return {key: config["concepts"][key] for key in keys}

@@ -13,7 +13,7 @@ from PIL import Image
 from conceptscope.activations import LayerRecorder, extract_activations, select_images
 from conceptscope.config import resolve_config
 from conceptscope.crops import cell_bins, cell_boxes, extract_crop_vectors, view_box
-from conceptscope.data import PreparedDataset, prepare_dataset
+from conceptscope.data import ImageDataset, PreparedDataset, prepare_dataset
 from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
 from conceptscope.store import CropStore, RowStore, RowStoreWriter, StoreError, open_activations
 
@@ -226,6 +226,26 @@ def test_crops_mode_passes_each_resized_crop_through_the_model(tmp_path, photos,
         model(tensor[None])
     np.testing.assert_allclose(store.vectors[9 + 5], recorder.outputs["features.18"].mean(dim=(2, 3))[0].numpy(), rtol=1e-4, atol=1e-5)
     assert store["image_id"][9] == row.image_id
+
+
+def test_masked_mode_keeps_each_crop_in_place_and_at_its_scale(tmp_path, shortcut_digits):
+    model = build_model("resnet_small", 10, 1, seed=0).eval()
+    rows = select_images(shortcut_digits.split("test_watermarked"), per_class=1).head(3)
+    preprocess = resolve_preprocess("resnet_small", {})
+    paths = extract_crop_vectors(model, shortcut_digits, rows, ["layer3"], preprocess, tmp_path / "m", mode="masked", grids=[3], batch_size=2, progress=False)
+    store = CropStore(paths["layer3"])
+    view = ImageDataset(shortcut_digits, rows, build_transform(preprocess))[2][0]  # (1, 28, 28), normalised
+    x0, y0, x1, y1 = (int(round(v)) for v in cell_boxes((0, 0, 28, 28), 3)[4])  # the centre cell
+    inside = torch.zeros_like(view)
+    inside[:, y0:y1, x0:x1] = view[:, y0:y1, x0:x1]
+    with torch.no_grad(), LayerRecorder(model, ["layer3"]) as recorder:
+        logits = model(inside[None])
+    np.testing.assert_allclose(store.vectors[2 * 9 + 4], recorder.outputs["layer3"].mean(dim=(2, 3))[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert store.predicted[2 * 9 + 4] == logits.argmax().item()
+    # not the resized crop of `crops` mode
+    resized = CropStore(extract_crop_vectors(model, shortcut_digits, rows, ["layer3"], preprocess, tmp_path / "r", mode="crops", grids=[3], progress=False)["layer3"])
+    assert not np.allclose(resized.vectors[2 * 9 + 4], store.vectors[2 * 9 + 4], atol=1e-3)
+    np.testing.assert_array_equal(store["box"][:], resized["box"][:])  # the same boxes of the original image
 
 
 def test_view_box_inverts_resize_and_centre_crop():

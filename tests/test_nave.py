@@ -18,7 +18,9 @@ from conceptscope.methods.nave import (
     inner_box,
     nave_features,
     outer_box,
+    score_segments,
     select_segment,
+    select_segment_mask,
     slic_segments,
     upsample_labels,
 )
@@ -77,6 +79,26 @@ def test_select_segment_in_an_upsampled_frame():
     assert select_segment(labels, np.array([[np.nan] * 4]), "outer").segment == -1
     assert correct_localization([0.4, 0.6, 0.5, 0.9]) == 0.5  # strictly above 0.5
     assert box_iou((0, 0, 2, 2), (1, 0, 3, 2)) == pytest.approx(1 / 3)
+
+
+def test_mask_selection_finds_a_watermark_segment_that_boxes_miss():
+    # a 14x14 label map shown at 28 px: segment 1 is the 8x8 watermark square plus a thin stroke to
+    # the edge, as when a cluster holds the watermark and a digit stroke of the same features
+    labels = np.zeros((14, 14), int)
+    labels[2:6, 2:6] = 1  # the square (pixels 4..12)
+    labels[3, 6:14] = 1  # the stroke
+    labels[8:, :] = 2
+    mark = np.array([[4, 4, 12, 12]], float)
+    assert select_segment(labels, mark, "outer", frame=(28, 28)).iou < 0.5  # the stroke stretches the box
+    hit = select_segment_mask(labels, mark, frame=(28, 28))
+    assert hit.segment == 1 and hit.iou == pytest.approx(64 / (64 + 2 * 16))
+    # the square split between two segments: the better one holds half of it, and nothing else
+    split = labels.copy()
+    split[2:6, 4:6] = 3
+    hit = select_segment_mask(split, mark, frame=(28, 28))
+    assert hit.segment == 3 and hit.iou == pytest.approx(0.5)
+    rows = score_segments(labels, (28, 28), ["outer", "inner"], {"object": np.array([[0, 16, 28, 28]], float), "watermark": mark})
+    assert [(r["target"], r["strategy"]) for r in rows] == [("object", "outer"), ("object", "inner"), ("watermark", "outer"), ("watermark", "inner"), ("watermark", "mask")]
 
 
 def test_upsample_labels_is_nearest_neighbour():

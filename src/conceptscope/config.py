@@ -335,6 +335,9 @@ def _check_concepts(config: dict) -> None:
     """The `concepts` block against the models, datasets and predictions it refers to."""
     from .data import split_names
 
+    for name in config["crops"]["dataset_modes"]:
+        if name not in config["datasets"]:
+            raise ConfigError(f"config key 'crops.dataset_modes.{name}': unknown dataset {name!r}; datasets are {sorted(config['datasets'])}")
     if not _check_method(config, "concepts"):
         return
     splits = config["predict"]["splits"]

@@ -7,6 +7,11 @@ becomes one vector per layer, by one of two modes:
   rows floor(i*h/g) .. ceil((i+1)*h/g)); one forward pass per image, no extra passes.
 - `crops`: the crop itself is cut from the image the model sees, resized to the model's input size,
   passed through the model, and the layer's map is averaged spatially (the paper's procedure).
+- `masked`: the crop stays at its own place and scale in the model's view, everything outside it is
+  set to 0 after normalisation (the dataset's mean colour), and the layer's map of that image is
+  averaged spatially. For small inputs (28 px digits) resizing a third of the image to the full
+  input changes the scale of what the model responds to (a 1-pixel pattern becomes 3 pixels wide);
+  this mode keeps the crop's pixels as the model saw them in the whole image.
 
 Boxes are in pixel coordinates of the original image. A store holds `vectors` (M, C), `image_id`,
 `grid`, `cell` (row-major index in the grid) and `box` (x0, y0, x1, y1), image-major order.
@@ -33,7 +38,7 @@ from .models import build_transform
 from .store import layer_store_name, provenance
 from .utils import atomic_path
 
-CROP_MODES = ("cells", "crops")
+CROP_MODES = ("cells", "crops", "masked")
 
 
 def view_box(width: int, height: int, preprocess: dict) -> tuple[float, float, float, float]:
@@ -99,10 +104,13 @@ def _argmax(output, n: int) -> np.ndarray:
 
 
 class _CropDataset(Dataset):
-    """Every (image, grid, cell) crop of the model's view of each image, resized to the input size."""
+    """Every (image, grid, cell) crop of the model's view of each image, resized to the input size
+    (`masked=False`) or kept in place with the rest of the view at 0 after normalisation (`masked=True`)."""
 
-    def __init__(self, data: PreparedDataset, rows: pd.DataFrame, preprocess: dict, grids: Sequence[int]):
+    def __init__(self, data: PreparedDataset, rows: pd.DataFrame, preprocess: dict, grids: Sequence[int], masked: bool = False):
         self.data = data
+        self.masked = masked
+        self.view_transform = build_transform(preprocess)
         self.rows = list(rows.itertuples(index=False))
         self.grids = list(grids)
         self.per_image = sum(g * g for g in grids)
@@ -128,6 +136,12 @@ class _CropDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         image_index, k = divmod(i, self.per_image)
         image, boxes = self._image(image_index)
+        if self.masked:
+            view = self.view_transform(image)  # (C, S, S), the model's input
+            x0, y0, x1, y1 = (int(round(v)) for v in grid_boxes((0, 0, view.shape[2], view.shape[1]), self.grids)[k])
+            inside = torch.zeros_like(view)
+            inside[:, y0:y1, x0:x1] = view[:, y0:y1, x0:x1]
+            return inside
         box = boxes[k]
         crop = image.crop(tuple(int(round(v)) for v in box)).resize((self.size, self.size), Image.BILINEAR)
         return self.finish(crop)
@@ -197,7 +211,7 @@ def extract_crop_vectors(
                         )
                     start = stop
             else:
-                crops = _CropDataset(data, rows, preprocess, grids)
+                crops = _CropDataset(data, rows, preprocess, grids, masked=mode == "masked")
                 loader = DataLoader(crops, batch_size=batch_size * per_image, shuffle=False, num_workers=0)
                 start = 0
                 for batch in tqdm(loader, desc="crop vectors (crops)", disable=not progress, leave=False):

@@ -111,7 +111,8 @@ def _nave(tables: dict) -> pd.DataFrame:
     parts = []
     for (method, clustering, k, strategy), part in frame.groupby(["method", "clustering", "k", "strategy"], sort=False):
         k = int(k) if float(k).is_integer() else k  # read as float where the table has empty cells
-        name = f"images where a segment's {strategy} box covers the watermark (IoU >= 0.5; {method}, {clustering}, K={k})"
+        shape = "pixels match the watermark square (mask IoU" if strategy == "mask" else f"{strategy} box covers the watermark (IoU"
+        name = f"images where a segment's {shape} >= 0.5; {method}, {clustering}, K={k})"
         parts.append(_measure(part, "nave", name, part["covered_rate"], part["layers"], n=part["n_images"]))
     return pd.concat(parts) if parts else pd.DataFrame(columns=MEASURE_COLUMNS)
 

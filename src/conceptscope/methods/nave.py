@@ -311,10 +311,35 @@ def select_segment(labels: np.ndarray, targets: np.ndarray, strategy: str = "out
     return best
 
 
+def select_segment_mask(labels: np.ndarray, targets: np.ndarray, frame: tuple[int, int] | None = None) -> Selection:
+    """The segment of `labels` (h, w) whose pixels best match a target region: the pixel IoU of the
+    segment's mask with the filled box (x0, y0, x1, y1) in `frame`, labels upsampled to it by nearest
+    neighbour. For a planted watermark (a filled square) this asks whether NAVE gives it a segment of
+    its own (the paper's Sec. 4.5.3: "one model's explanation dedicates a single cluster to the watermark"),
+    which a box drawn around a segment that also holds digit strokes does not show."""
+    labels = np.asarray(labels)
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1, 4)
+    targets = targets[np.isfinite(targets).all(axis=1)]
+    frame = tuple(frame) if frame else labels.shape
+    labels = upsample_labels(labels, frame) if labels.shape != frame else labels
+    best = Selection(-1, None, 0.0)
+    for target in targets:
+        region = np.zeros(frame, dtype=bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in target)
+        region[max(y0, 0):y1, max(x0, 0):x1] = True
+        for segment in np.unique(labels[region]):
+            mask = labels == segment
+            iou = float((mask & region).sum() / (mask | region).sum())
+            if iou > best.iou:
+                best = Selection(int(segment), outer_box(mask), iou)
+    return best
+
+
 def score_segments(labels: np.ndarray, frame: tuple[int, int], strategies: Sequence[str], targets: dict[str, np.ndarray]) -> list[dict]:
     """One row per target kind (e.g. `object`, `watermark`) x strategy: the selected segment, its box, IoU.
 
-    Target kinds whose boxes are all missing (NaN) or empty are skipped.
+    Target kinds whose boxes are all missing (NaN) or empty are skipped. The watermark also gets a
+    `mask` row: the segment whose pixels best match the watermark square (`select_segment_mask`).
     """
     rows = []
     for kind, boxes in targets.items():
@@ -322,8 +347,8 @@ def score_segments(labels: np.ndarray, frame: tuple[int, int], strategies: Seque
         boxes = boxes[np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
         if not len(boxes):
             continue
-        for strategy in strategies:
-            hit = select_segment(labels, boxes, strategy, frame)
+        for strategy in [*strategies, *(["mask"] if kind == "watermark" else [])]:
+            hit = select_segment_mask(labels, boxes, frame) if strategy == "mask" else select_segment(labels, boxes, strategy, frame)
             x0, y0, x1, y1 = hit.box if hit.box is not None else (np.nan,) * 4
             rows.append({"target": kind, "strategy": strategy, "segment": hit.segment, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "iou": hit.iou})
     return rows
