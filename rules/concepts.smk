@@ -58,6 +58,7 @@ rule concept_crops:
 rule summarize_concepts:
     input:
         tests=[result("concepts", ds, model, layer, "crops") for ds, model, layer in concept_jobs()],
+        components=[result("concepts", ds, model, layer, "components.npz") for ds, model, layer in concept_jobs()],
         data=[dataset_dir(ds) for ds, _ in concept_pairs()],
     output:
         table=result("tables", "concepts_prediction_test.csv"),

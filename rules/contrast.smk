@@ -133,6 +133,7 @@ rule summarize_contrast:
         pairs=[result("contrast", ds, model, layer, "pairs.parquet") for ds, model, layer in method_jobs("contrast")],
         hyperplanes=[result("contrast", ds, model, layer, "hyperplanes.zarr") for ds, model, layer in method_jobs("contrast")],
         tests=[result("contrast", ds, model, layer, "concepts", "crops") for ds, model, layer in method_jobs("contrast")],
+        components=[result("contrast", ds, model, layer, "concepts", "components.npz") for ds, model, layer in method_jobs("contrast")],
         data=[dataset_dir(ds) for ds, _ in method_pairs("contrast")],
     output:
         shifting=result("tables", "contrast_shifting_test.csv"),

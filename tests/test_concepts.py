@@ -320,3 +320,16 @@ def test_the_stricter_variant_excludes_crops_the_model_sees_as_the_class_when_st
     allowed = search_pools([pool], vectors[tricky[:2]], m=3, stitched=stitched)
     assert (allowed.rows[:, 0] == tricky[:2]).all()
     assert len(stitched._cache[id(pool)][1]) == len(store)
+
+
+def test_concept_importance_shares_per_class_and_pair(tmp_path):
+    from conceptscope.methods.concept_crops import concept_importance
+
+    path = tmp_path / "components.npz"
+    np.savez(path, classes=np.array([0, 3]), importance_n2=np.array([[3.0, 1.0], [np.nan, np.nan]]), components_n2=np.zeros((2, 2, 5)))
+    frame = concept_importance(path, 2)
+    assert frame[["class", "concept"]].values.tolist() == [[0, 1], [0, 2], [3, 1], [3, 2]]
+    np.testing.assert_allclose(frame["importance_share"].to_numpy()[:2], [0.75, 0.25])
+    assert frame["importance_share"].iloc[2:].isna().all()  # a class without concepts
+    np.savez(path, classes=np.array([0]), against=np.array([4]), importance_n1=np.array([[2.0]]))
+    assert concept_importance(path, 1)[["class", "against", "concept", "importance_share"]].values.tolist() == [[0, 4, 1, 1.0]]

@@ -8,7 +8,8 @@ against n, one line per layer (solid: excluding crops predicted as the class; da
 tables/concepts_watermark.csv: for datasets with a planted shortcut, per class and concept (figure
 n, crops allowed from any image), the share of its top-m crops whose box overlaps the watermark
 box recorded for the crop's image (any overlap), the share that show at least half of the
-watermark's area, and whether the class is the shortcut class.
+watermark's area, the concept's share of its class's NMF importance, and whether the class is the
+shortcut class.
 """
 
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from _common import setup
-from conceptscope.methods.concept_crops import watermark_summary
+from conceptscope.methods.concept_crops import concept_importance, watermark_summary
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -42,14 +43,16 @@ for job, folder in zip(sm.params.jobs, sm.input.tests):
     crops = pd.read_parquet(folder / "top_crops.parquet")
     crops = crops[(crops["variant"] == "allowed") & (crops["n_concepts"] == sm.params.n_concepts)]
     shares = watermark_summary(crops, Path(sm.input.data[0]).parent, ["class", "n_concepts", "concept"])
+    shares["concept"] = shares["concept"].astype(int) + 1
+    shares = shares.merge(concept_importance(folder.parent / "components.npz", sm.params.n_concepts), on=["class", "concept"], how="left")
     for record in shares.to_dict("records"):
         marks.append({**job, **record, "class": int(record["class"]), "n_concepts": int(record["n_concepts"]),
-                      "concept": int(record["concept"]) + 1, "shortcut_class": int(record["class"]) == int(shortcut)})
+                      "concept": int(record["concept"]), "shortcut_class": int(record["class"]) == int(shortcut)})
 table = pd.DataFrame(rows, columns=["dataset", "model", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"])
 table = table[["model", "dataset", "layer", "attribution", "n_concepts", "exclude_target", "avg_pred", "pct_target", "n_classes", "n_without_concepts"]]
 with atomic_path(sm.output.table) as tmp:
     table.to_csv(tmp, index=False)
-columns = ["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "share_showing_half_watermark", "top_m"]
+columns = ["model", "dataset", "layer", "n_concepts", "class", "concept", "shortcut_class", "share_overlapping_watermark", "share_showing_half_watermark", "top_m", "importance_share"]
 watermark = pd.DataFrame(marks, columns=columns)[columns]
 with atomic_path(sm.output.watermark) as tmp:
     watermark.to_csv(tmp, index=False)

@@ -22,7 +22,7 @@ import pandas as pd
 import zarr
 
 from _common import setup
-from conceptscope.methods.concept_crops import watermark_summary
+from conceptscope.methods.concept_crops import concept_importance, watermark_summary
 from conceptscope.methods.contrast import shifting_summary
 from conceptscope.utils import atomic_path
 
@@ -52,6 +52,8 @@ for job, shifting, pairs_file, planes, crops_dir in zip(sm.params.jobs, sm.input
         if len(crops):
             shares = watermark_summary(crops, Path(sm.input.data[0]).parent, ["class", "against", "n_concepts", "concept"])
             shares["concept"] += 1
+            shares = shares.merge(concept_importance(crops_dir.parent / "components.npz", sm.params.n_concepts),
+                                  on=["class", "against", "concept"], how="left")
             shares["shortcut_class"] = shares["class"] == int(shortcut)
             marks.append(shares.assign(**job))
 
@@ -61,7 +63,7 @@ columns = keys + ["default_pred_mean", "shifted_pred_mean", "shifted_pred_std", 
 shift_table = pd.DataFrame(shift_rows, columns=columns)[columns]
 pair_columns = keys + ["n_classes", "n_pairs", "ordered", "accuracy_mean", "accuracy_median", "accuracy_min", "train_seconds", "device"]
 test_columns = keys + ["class", "class_name", "against", "n_concepts", "exclude_target", "target_prob", "against_prob", "predicted", "predicts_target", "status"]
-mark_columns = keys + ["class", "against", "n_concepts", "concept", "shortcut_class", "share_overlapping_watermark", "share_showing_half_watermark", "top_m"]
+mark_columns = keys + ["class", "against", "n_concepts", "concept", "shortcut_class", "share_overlapping_watermark", "share_showing_half_watermark", "top_m", "importance_share"]
 outputs = {
     sm.output.shifting: shift_table,
     sm.output.pairs: pd.DataFrame(pair_rows, columns=pair_columns)[pair_columns],

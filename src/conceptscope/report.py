@@ -88,10 +88,20 @@ def _crops_on_watermark(table: str, method: str) -> Callable[[dict], pd.DataFram
     def read(tables: dict) -> pd.DataFrame:
         frame = tables[table]
         frame = frame[frame["shortcut_class"].isin([True, "True", "true", 1])]  # the concepts of the shortcut class
-        grouped = frame.groupby(["model", "dataset", "layer"], as_index=False)
-        frame = grouped["share_overlapping_watermark"].mean().merge(grouped["top_m"].sum(), on=["model", "dataset", "layer"])
-        return _measure(frame, method, "top crops of the shortcut class's concepts overlapping the watermark",
-                        frame["share_overlapping_watermark"], frame["layer"], n=frame["top_m"])
+        keys = ["model", "dataset", "layer"]
+        grouped = frame.groupby(keys, as_index=False)
+        crops = grouped["share_overlapping_watermark"].mean().merge(grouped["top_m"].sum(), on=keys)
+        parts = [_measure(crops, method, "top crops of the shortcut class's concepts overlapping the watermark",
+                          crops["share_overlapping_watermark"], crops["layer"], n=crops["top_m"])]
+        if "importance_share" in frame:
+            # a concept "shows the watermark" when most of its top crops overlap it (paper Sec. 4.2 reads
+            # a concept off its crops); its share of the class's NMF importance says how much the class uses it
+            marked = frame.assign(weight=frame["importance_share"].where(frame["share_overlapping_watermark"] > 0.5, 0.0))
+            groups = keys + [c for c in ("class", "against") if c in frame]  # one class, or one contrast pair
+            weight = marked.groupby(groups, as_index=False)["weight"].sum().groupby(keys, as_index=False)["weight"].mean()
+            parts.append(_measure(weight, method, "share of the shortcut class's concept importance held by concepts whose top crops show the watermark",
+                                  weight["weight"], weight["layer"]))
+        return pd.concat(parts)
     return read
 
 

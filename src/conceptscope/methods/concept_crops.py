@@ -287,6 +287,22 @@ def watermark_summary(crops: pd.DataFrame, data_root, by: Sequence[str]) -> pd.D
     }).reset_index()
 
 
+def concept_importance(components_path, n_concepts: int) -> pd.DataFrame:
+    """Each concept's share of its class's (or contrast pair's) NMF importance and its rank (1: most
+    important) from a `components.npz`: columns class, [against,] concept (1-based), importance_share."""
+    with np.load(components_path) as arrays:
+        importance = arrays[f"importance_n{n_concepts}"]  # (K, n), most important first, NaN without concepts
+        keys = {"class": arrays["classes"]}
+        if "against" in arrays:
+            keys["against"] = arrays["against"]
+    share = importance / np.nansum(importance, axis=1, keepdims=True)
+    k, n = share.shape
+    frame = pd.DataFrame({name: np.repeat(values.astype(np.int64), n) for name, values in keys.items()})
+    frame["concept"] = np.tile(np.arange(1, n + 1), k)
+    frame["importance_share"] = share.ravel()
+    return frame
+
+
 def hit_tile(pools: Sequence[CropPool], pool_index: int, row: int, size: int) -> Image.Image:
     """The crop of one hit, cut from its original image and resized to size x size (RGB)."""
     return pools[pool_index].crop(row, size)
