@@ -23,6 +23,7 @@ rule cluscam_saliency:
         mem_mb=8000,
         runtime=lambda w: 1440 if w.method in config["cluscam"]["costly"]["methods"] else 480,
     params:
+        # ClusCAM: cluscam.cluscam (n_clusters, drop_fraction, temperature, rescale_centroids) and the seed
         options=lambda w: cluscam_options(w.method),
         max_images=lambda w: cluscam_limit(w.method),
         split=config["cluscam"]["split"],

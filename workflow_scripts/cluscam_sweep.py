@@ -3,7 +3,8 @@
 One setting at a time around the configured ones (cluscam.n_clusters, cluscam.temperature): each K
 of `sweep.n_clusters` at the configured temperature, then each `sweep.temperature` at the configured
 K, on a seeded subset of `sweep.max_images` images (nested in the main subset), each map for the
-predicted class. Columns: n_clusters,
+predicted class; the other ClusCAM settings (drop_fraction, rescale_centroids) as configured in
+`cluscam.cluscam`. Columns: n_clusters,
 temperature, image_id, the four faithfulness metrics and seconds.
 """
 

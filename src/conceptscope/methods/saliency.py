@@ -236,6 +236,7 @@ def cluscam(
     n_clusters: int = CLUSCAM_CLUSTERS,
     drop_fraction: float = CLUSCAM_DROP_FRACTION,
     temperature: float = CLUSCAM_TEMPERATURE,
+    rescale_centroids: bool = False,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
     progress: bool = True,
@@ -245,20 +246,29 @@ def cluscam(
     Per image: the layer's K maps are upsampled bilinearly to the input size and min-max scaled to
     [0, 1] (a constant map becomes zeros); the K flattened maps are clustered with K-means++
     (scikit-learn, one start, random_state=seed) into `n_clusters` meta-representations
-    (`cluster_feature_maps`, which does this exactly but in the small maps' space). Each centroid,
-    min-max scaled to [0, 1] again (the mean of maps that peak in different places has a shrunken
-    range; the authors' code skips this step), masks the normalised input. Its score is the target
-    logit of input * centroid minus that of the input (the reviews' "logit difference", in the
-    order of the authors' code): the clusters whose mask keeps the class evidence score highest.
+    (`cluster_feature_maps`, which does this exactly but in the small maps' space). Each centroid
+    masks the normalised input as it is: the mean of its members' [0, 1] maps, so itself in [0, 1],
+    its maximum below 1 where the members peak in different places. This is the authors' code
+    (nxhoang562/ClusCAM, cam/Cluscam.py: the "normalize" of the paper's "upsample and normalize" is
+    the per-map min-max before k-means, and `kmeans.cluster_centers_` are the masks); only their
+    constant maps differ, kept at their value there (a map saturated at ReLU6's 6 would mask with
+    6) and zeros here. With `rescale_centroids` each centroid is min-max scaled to [0, 1] again
+    before masking and summing (the step of the authors' earlier variant clusterscorecam4.py,
+    which clusters the small maps and scales each upsampled centroid; a constant centroid keeps its
+    value clipped to [0, 1]): every mask then keeps its peak pixels whole instead of dimming the
+    image where its members disagree.
+    A centroid's score is the target logit of input * centroid minus that of the input (the
+    reviews' "logit difference", in the order of the authors' code): the clusters whose mask keeps
+    the class evidence score highest.
     The int(drop_fraction * n_clusters) lowest-scoring clusters are dropped: the paper's "dropout"
     is, in the authors' code, this deterministic cut, so nothing but the k-means++ initialisation
     depends on the seed (a reviewer's concern about random inference). The rest get weights
     softmax(score / temperature); saliency = ReLU(sum of weight x centroid), min-max scaled.
 
-    Defaults (n_clusters=10, drop_fraction=0.5, temperature=0.5) are the authors' reference code's;
-    reviewers note the cluster count matters for small objects, so it is a parameter.
-    batch_size: masked images per forward pass. `n_clusters` must not exceed the layer's K.
-    progress: a progress bar over the images.
+    Defaults (n_clusters=10, drop_fraction=0.5, temperature=0.5, no rescale) are the authors'
+    reference code's; reviewers note the cluster count matters for small objects, so it is a
+    parameter. batch_size: masked images per forward pass. `n_clusters` must not exceed the
+    layer's K. progress: a progress bar over the images.
     """
     inputs, classes = _prepare(model, inputs, target)
     if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
@@ -266,6 +276,8 @@ def cluscam(
     if not 0 <= drop_fraction < 1:
         raise SaliencyError(f"drop_fraction must lie in [0, 1), got {drop_fraction}")
     _check_positive(temperature=temperature, batch_size=batch_size)
+    if not isinstance(rescale_centroids, (bool, np.bool_)):
+        raise SaliencyError(f"rescale_centroids must be true or false, got {rescale_centroids!r}")
     n_drop = int(drop_fraction * n_clusters)
     size = tuple(inputs.shape[-2:])
     with _eval_mode(model):
@@ -276,8 +288,9 @@ def cluscam(
         saliency = []
         for b in _bar(range(len(inputs)), "ClusCAM", progress):
             centroids = cluster_feature_maps(acts[b], size, n_clusters, seed=seed)[1].to(inputs.dtype)
-            # a constant centroid (e.g. of dead channels) keeps its value: there is no range to rescale
-            centroids = _minmax(centroids, keep_constant=True)
+            if rescale_centroids:
+                # a constant centroid (e.g. of dead channels) keeps its value: there is no range to rescale
+                centroids = _minmax(centroids, keep_constant=True)
             masked = inputs[b : b + 1] * centroids[:, None]  # (n_clusters, C, H, W)
             cls = int(classes[b])
             scores = _scores(model, masked, cls, batch_size, probability=False) - logits[b, cls]
