@@ -132,7 +132,18 @@ def predictions_if(selection, dataset, model):
 
 def concept_settings():
     """The `concepts` keys that determine the NMF concepts (not the crops or the test)."""
-    keys = ("classes", "split", "by", "max_images", "max_vectors", "n_concepts", "sweep", "attribution", "attribution_options", "batch_size")
+    keys = (
+        "classes",
+        "split",
+        "by",
+        "max_images",
+        "max_vectors",
+        "n_concepts",
+        "sweep",
+        "attribution",
+        "attribution_options",
+        "batch_size",
+    )
     return {key: config["concepts"][key] for key in keys}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -30,15 +32,82 @@ def test_decoder_depth_follows_the_map_size_and_returns_the_input_size(arch, lay
     assert Decoder((10,), (1, 28, 28))(torch.rand(3, 10)).shape == (3, 1, 28, 28)  # a fully connected code
 
 
-def test_equation_1_mixes_squared_error_and_cross_entropy():
-    x, x_hat = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+def test_equation_1_is_the_per_pixel_squared_error_on_the_0_1_scale_plus_alpha_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    x01, x_hat01 = torch.rand(2, 3, 4, 4, generator=generator), torch.rand(2, 3, 4, 4, generator=generator)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.5, 0.25, 0.2]).view(1, 3, 1, 1)
+    x, x_hat = (x01 - mean) / std, (x_hat01 - mean) / std  # what the models see
     logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
-    ce = torch.nn.functional.cross_entropy(logits, labels)
-    assert reconstruction_error(x, x_hat).tolist() == [4.0, 4.0]
-    assert cladec_loss(x, x_hat, logits, labels, 0.0) == pytest.approx(4.0)
-    assert cladec_loss(x, x_hat, logits, labels, 0.25) == pytest.approx(0.75 * 4 + 0.25 * float(ce))
+    ce = float(torch.nn.functional.cross_entropy(logits, labels))
+    squared = ((x01 - x_hat01) ** 2).flatten(1).mean(1)  # by hand: the mean over pixels and channels on [0, 1]
+    assert torch.allclose(reconstruction_error(x, x_hat, std.flatten().tolist()), squared, atol=1e-6)
+    for alpha in (0.0, 0.9, 0.999):
+        expected = (1 - alpha) * float(squared.mean()) + alpha * ce
+        assert float(cladec_loss(x, x_hat, logits, labels, alpha, std.flatten().tolist())) == pytest.approx(expected, rel=1e-5)
+    assert reconstruction_error(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)).tolist() == [1.0]  # no std: the inputs' own units
     with pytest.raises(ValueError, match="alpha"):
         ClaDec(alpha=1.5)
+
+
+def test_the_training_loss_is_in_the_unit_of_the_reported_error(digits_loader):
+    # a learning rate too small to move the decoder: the first epoch's loss is the initial decoder's
+    # error, which mean_reconstruction_error reports per pixel on the [0, 1] scale (std 0.5: a quarter of it in input units)
+    model = build_model("vgg_small", 10, 1, seed=0).eval()
+    cladec = ClaDec(epochs=1, lr=1e-12, seed=0, input_std=[0.5], progress=False).fit(model, "features.7", digits_loader)
+    images = torch.cat([x for x, *_ in digits_loader])
+    by_hand = float((((images - cladec.reconstruct(images)) * 0.5) ** 2).mean())
+    assert cladec.loss_history_[0] == pytest.approx(by_hand, rel=1e-4)
+    assert mean_reconstruction_error(cladec, digits_loader) == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_fit_leaves_the_callers_model_as_it_was_also_on_error(digits_loader):
+    model = build_model("vgg_small", 10, 1, seed=0).train()
+    model.features[0].requires_grad_(False)  # a partly frozen model in train mode
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert not all(flags.values()) and any(flags.values())
+    cladec = ClaDec(alpha=0.5, epochs=1, seed=0, progress=False).fit(model, "features.5", digits_loader)  # CE through the classifier
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags and model.training
+    assert not any(p.requires_grad for p in cladec.encoder_.parameters())  # the decoder's encoder stays frozen
+    with pytest.raises(ValueError, match="exceed"):
+        ClaDec(epochs=1, channels=(0, 999), progress=False).fit(model, "features.5", digits_loader)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags and model.training
+
+
+def test_the_paper_recipe_trains_c_eval_with_sgd_and_two_step_decays(digits_loader):
+    from conceptscope.methods.cladec import PAPER_EVAL_TRAIN, evaluation_accuracy, reconstructed_dataset, step_decay_epochs, train_sgd_classifier
+
+    assert PAPER_EVAL_TRAIN == {"optimizer": "sgd", "epochs": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
+                                "schedule": "step"}
+    assert step_decay_epochs(64) == [29, 58]
+    sgd_options = {k: v for k, v in PAPER_EVAL_TRAIN.items() if k != "optimizer"}
+    images, labels, ids = (torch.cat(parts)[:100] for parts in zip(*digits_loader))
+    digits = torch.utils.data.TensorDataset(images, labels, ids)  # decoded once: 64 epochs of 100 digits
+
+    def linear(seed):  # a fast stand-in for the classifier's architecture
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+
+    log = train_sgd_classifier(linear(0), digits, **sgd_options, progress=False)
+    assert log["lr"].tolist() == pytest.approx([0.1] * 29 + [0.01] * 29 + [0.001] * 6)  # one batch of 100 per epoch
+    assert log["loss"].iloc[-1] < 0.5 * log["loss"].iloc[0]
+    # one plain SGD step (no momentum, no decay) is w - lr * gradient
+    start = linear(0)
+    gradient = torch.autograd.grad(torch.nn.functional.cross_entropy(start(images), labels), start[1].weight)[0]
+    stepped = copy.deepcopy(start)
+    train_sgd_classifier(stepped, digits, epochs=1, batch_size=100, lr=0.5, momentum=0.0, weight_decay=0.0, schedule="constant", progress=False)
+    assert torch.allclose(stepped[1].weight, start[1].weight - 0.5 * gradient, atol=1e-6)
+    # evaluation_accuracy with optimizer "sgd" is that trainer on the reconstructions of the training images
+    loader = DataLoader(digits, batch_size=50)
+    cladec = ClaDec(epochs=1, seed=0, progress=False).fit(build_model("vgg_small", 10, 1, seed=0).eval(), "features.3", loader)
+    fresh = linear(1)
+    twin = copy.deepcopy(fresh)
+    accuracy = evaluation_accuracy(cladec, fresh, loader, loader, **{**PAPER_EVAL_TRAIN, "epochs": 3})
+    test = reconstructed_dataset(cladec, loader)
+    train_sgd_classifier(twin, test, **{**sgd_options, "epochs": 3}, progress=False)
+    with torch.no_grad():
+        assert accuracy == pytest.approx(float((twin(test.tensors[0]).argmax(1) == test.tensors[1]).double().mean()))
+    with pytest.raises(ValueError, match="sgd"):
+        evaluation_accuracy(cladec, linear(1), loader, loader, epochs=1, optimizer="adam", schedule="step")
 
 
 def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_encoder(digits_loader):
@@ -60,18 +129,25 @@ def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_e
     assert mean_reconstruction_error(reference, digits_loader) < 0.5 * mean_image_error
 
 
-@pytest.mark.long  # 70 s (decoders and classifiers trained to learn): opt-in, the default suite keeps its 15-minute budget
-def test_evaluation_classifier_learns_the_task_from_reconstructions(shortcut_digits, digits_loader):
-    from conceptscope.methods.cladec import evaluation_accuracy, fidelity, reconstructed_dataset
+@pytest.fixture(scope="module")
+def trained_resnet(shortcut_digits):
+    """A ResNet trained on the digits (10 epochs), its ClaDec and RefAE at layer3 (20 epochs each), and the training loader."""
     from conceptscope.training import train_classifier
 
-    transform = build_transform(resolve_preprocess("resnet_small", {}))
-    train_set = shortcut_digits.torch_dataset("train", transform)
+    train_set = shortcut_digits.torch_dataset("train", build_transform(resolve_preprocess("resnet_small", {})))
     train_loader = DataLoader(train_set, batch_size=50, shuffle=False)
     model = build_model("resnet_small", 10, 1, seed=0)
     train_classifier(model, train_set, epochs=10, seed=0, progress=False)
-    cladec = ClaDec(epochs=20, seed=0, progress=False).fit(model, "layer3", train_loader)
-    refae = RefAE(epochs=20, seed=0, progress=False).fit(model, "layer3", train_loader)
+    cladec = ClaDec(epochs=20, seed=0, input_std=[0.5], progress=False).fit(model, "layer3", train_loader)
+    refae = RefAE(epochs=20, seed=0, input_std=[0.5], progress=False).fit(model, "layer3", train_loader)
+    return model.eval(), cladec, refae, train_loader
+
+
+@pytest.mark.long  # decoders and classifiers trained to learn: opt-in, the default suite keeps its 15-minute budget
+def test_evaluation_classifier_learns_the_task_from_reconstructions(trained_resnet, digits_loader):
+    from conceptscope.methods.cladec import evaluation_accuracy, fidelity, reconstructed_dataset
+
+    model, cladec, refae, train_loader = trained_resnet
     data = reconstructed_dataset(cladec, digits_loader)
     assert data.tensors[0].shape == (len(digits_loader.dataset), 1, 28, 28) and len(data.tensors[1]) == len(data.tensors[2])
     accuracy = {name: evaluation_accuracy(r, build_model("resnet_small", 10, 1, seed=1), train_loader, digits_loader, epochs=10)
@@ -80,6 +156,24 @@ def test_evaluation_classifier_learns_the_task_from_reconstructions(shortcut_dig
     row = fidelity(cladec, refae, accuracy["cladec"], accuracy["refae"], digits_loader)
     assert row["delta_acc"] == pytest.approx(accuracy["cladec"] - accuracy["refae"])
     assert row["delta_rec"] == pytest.approx(row["rec_cladec"] - row["rec_refae"]) and row["rec_refae"] > 0
+    # the RefAE's encoder is trained for reconstruction, the classifier's discards what the class does
+    # not need: the RefAE reconstructs better (Tables 2-3, delta_rec > 0)
+    assert row["rec_refae"] < row["rec_cladec"]
+
+
+@pytest.mark.long
+def test_occluding_the_most_relevant_square_costs_more_accuracy_than_the_least(trained_resnet, digits_loader):
+    from conceptscope.methods.cladec import cladec_occlusion_relevance, extreme_occlusions, occluded_predictions, occlusion_boxes
+
+    model, cladec, _, train_loader = trained_resnet
+    images, labels = (torch.cat(parts) for parts in list(zip(*digits_loader))[:2])
+    boxes = occlusion_boxes(28, 28)
+    fill = float(torch.cat([x for x, *_ in train_loader]).mean())  # the training images' mean pixel (Sec. 6.6)
+    relevance = cladec_occlusion_relevance(cladec, images, boxes, fill)
+    least, most = extreme_occlusions(relevance.numpy(), np.random.default_rng(0))
+    accuracy = {name: float((occluded_predictions(model, images, boxes, choice, fill) == labels.numpy()).mean())
+                for name, choice in (("least", least), ("most", most))}
+    assert accuracy["most"] < accuracy["least"] - 0.1, accuracy  # Tables 7-8: ClaDec's relevance finds what the classifier needs
 
 
 def test_refae_at_a_one_by_one_layer_with_batch_norm(digits_loader):

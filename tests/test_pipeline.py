@@ -483,7 +483,7 @@ def _report_figures(results) -> set:
 
 
 def test_shortcut_summary_reads_each_method_from_its_table(finished_run):
-    from conceptscope.report import read_tables, shortcut_pairs, shortcut_summary
+    from conceptscope.report import read_tables, shortcut_pairs, shortcut_summary, verdict
 
     workdir, config = finished_run
     tables = read_tables(sorted((workdir / "results" / "tables").glob("*.csv")))
@@ -492,9 +492,14 @@ def test_shortcut_summary_reads_each_method_from_its_table(finished_run):
     twin = {"arch": "vgg_small", "train_dataset": "digits", "eval_datasets": ["digits_shortcut"]}
     assert shortcut_pairs({**config["models"], "vgg_clean": twin}, config["datasets"]) == [("vgg_shortcut", "vgg_clean", "digits_shortcut")]
     written = pd.read_csv(workdir / "results" / "tables" / "shortcut_summary.csv")
-    assert list(written.columns) == ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model"]
+    assert list(written.columns) == ["model", "clean_twin", "dataset", "method", "measure", "layer", "shortcut_model", "clean_model",
+                                     "chance", "n_clean", "noise_floor", "verdict"]
     # across architectures, to read every measure from the real tables (the VGG is the one with the shortcut)
     summary = shortcut_summary(tables, [("vgg_shortcut", "resnet_clean", "digits_shortcut")])
+    # each row's verdict is the stated criterion applied to its own values
+    for row in summary.itertuples():
+        assert row.verdict == verdict(row.shortcut_model, row.clean_model, row.chance, row.n_clean)
+    assert set(summary.verdict) <= {"detected", "not detected", "no clean twin value"}
     by = summary.set_index(["method", "measure", "layer"])
     models = tables["models"].set_index(["model", "split"])
     rate = by.xs("prediction", level="method").iloc[0]

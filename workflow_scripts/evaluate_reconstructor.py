@@ -1,10 +1,12 @@
 """Rule evaluate_reconstructor: one reconstructor's numbers on the test images -> evaluation.json.
 
-- rec: mean squared error per pixel on the [0, 1] scale (the Rec columns of Tables 2-6), per class too;
+- rec: mean squared error per pixel on the [0, 1] scale (the Rec columns of Tables 2-6; the unit of
+  the decoders' training loss), per class too;
 - the explained classifier on the reconstructions: its cross-entropy (Tables 4-5's classifier loss)
   and accuracy; for the untrained variant, the untrained classifier;
 - acc_eval: C_eval, a fresh model of the architecture trained on reconstructions of the training
-  images, tested on reconstructions of the test images (Sec. 5; not for channel subsets);
+  images, tested on reconstructions of the test images (Sec. 5; not for channel subsets), with the
+  model's own recipe (Adam) or the paper's (SGD, `PAPER_EVAL_TRAIN`), as `eval_train` records;
 - where the dataset has watermarked test images (a planted shortcut): the per-pixel error inside the
   recorded watermark box against the watermarked input, against the same image without the
   watermark, and outside the box.
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import image_loader, job_model_and_data, sampled_rows, setup, untrained_twin
-from conceptscope.methods.cladec import box_errors, evaluation_accuracy, load_reconstructor, pixel_errors, pixel_maps
+from conceptscope.methods.cladec import PAPER_EVAL_TRAIN, box_errors, evaluation_accuracy, load_reconstructor, pixel_maps, reconstruction_error
 from conceptscope.models import build_model
 from conceptscope.utils import write_json
 
@@ -40,7 +42,7 @@ with torch.no_grad():
     for images, y, _ in test_loader:
         images, y = images.to(device), y.to(device)
         x_hat = reconstructor.reconstruct(images)
-        errors.append(pixel_errors(images, x_hat, std).cpu())
+        errors.append(reconstruction_error(images, x_hat, std).cpu())
         logits = explained(x_hat)
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         correct.append((logits.argmax(1) == y).cpu())
@@ -60,12 +62,15 @@ log.info("%s: rec %.4f per pixel, classifier on reconstructions: CE %.3f, accura
 
 if p.eval_train is not None:
     settings = dict(p.eval_train)
+    recipe = settings.pop("recipe", "model")
+    settings = {**PAPER_EVAL_TRAIN, **settings} if recipe == "paper" else {"optimizer": "adam", **settings}
     fresh = build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=settings["seed"]).to(device)
+    options = {k: settings[k] for k in ("batch_size", "lr", "weight_decay", "schedule", "momentum") if k in settings}
     out["acc_eval"] = evaluation_accuracy(reconstructor, fresh, train_loader, test_loader, epochs=settings["epochs"], seed=settings["seed"],
-                                          batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
-                                          schedule=settings["schedule"])
-    out["eval_train"] = settings
-    log.info("C_eval trained on %d reconstructions (%d epochs): test accuracy %.4f", len(train_rows), settings["epochs"], out["acc_eval"])
+                                          optimizer=settings["optimizer"], **options)
+    out["eval_train"] = {"recipe": recipe, **settings}
+    log.info("C_eval trained on %d reconstructions (%s recipe: %s, %d epochs): test accuracy %.4f", len(train_rows), recipe,
+             settings["optimizer"], settings["epochs"], out["acc_eval"])
 
 marked = sampled_rows(data, "test_watermarked", p.max_test_images, p.seed)
 if len(marked) and (marked["wm_x0"] >= 0).any():

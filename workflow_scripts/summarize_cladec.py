@@ -6,8 +6,9 @@
 - cladec_subsets.csv (Sec. 6.4): decoders of the first k channels, reconstruction error overall and per class;
 - cladec_occlusion.csv (Tables 7-8): ClaDec and Grad-CAM occlusion accuracies;
 - cladec_watermark.csv: per model, layer and reconstructor, the share of the planted watermark its
-  reconstructions keep (the shortcut-trained model's decoder should keep it, a clean one's not) and
-  the per-pixel error inside the watermark box.
+  reconstructions keep (the shortcut-trained model's decoder should keep it, a clean one's not), the
+  per-pixel error inside the watermark box, and that box's error on the clean twin over it on the
+  watermarked image (1: the watermark reconstructed as faithfully as the clean pixels there).
 """
 
 import json
@@ -67,8 +68,7 @@ if len(evaluations):
     sweep = evaluations[evaluations["variant"].str.startswith("cladec_a")]
     counts = sweep.groupby(keys)["variant"].transform("size")
     alphas = sweep[counts > 1].assign(
-        # Eq. 1 on the test images with the summed squared error in the decoder's training units is not
-        # comparable across layers; the table gives its parts: rec per pixel and the classifier's CE
+        # the table gives Eq. 1's parts on the test images: rec (per pixel, [0, 1] scale) and the classifier's CE
         acc_cladec=lambda f: f["acc_eval"], classifier_acc_on_cladec=lambda f: f["classifier_acc_on_reconstructions"]
     ).sort_values(keys + ["alpha"], ascending=[True, True, True, False])
 write(alphas, sm.output.alphas, keys + ["alpha", "rec", "classifier_loss", "classifier_acc_on_cladec", "acc_cladec", "final_train_loss"])
@@ -123,6 +123,7 @@ if kept and len(watermark):
     watermark = watermark.merge(pd.concat(kept).drop(columns="n_images"), on=keys + ["variant"], how="left")
 write(watermark, sm.output.watermark,
       keys + ["variant", "model_trained_with_shortcut", "watermark_kept", "watermark_kept_shortcut_class", "watermark_kept_other_classes",
+              "box_error_clean_over_marked", "box_error_clean_over_marked_shortcut_class", "box_error_clean_over_marked_other_classes",
               "box_error", "box_error_vs_clean", "outside_error", "box_error_shortcut_class", "box_error_other_classes", "n_images"])
 log.info("%d evaluations: %d layer rows, %d sweep rows, %d occlusion rows, %d watermark rows", len(evaluations), len(layers),
          len(alphas), len(occlusion), len(watermark))

@@ -1,7 +1,8 @@
-"""Rule train_reconstructor: one ClaDec decoder or RefAE of a model's layer -> reconstructor.pt + history.csv.
+"""Rule train_reconstructor: one ClaDec decoder or RefAE of a model's layer -> reconstructor.pt + history.csv
+(the training loss per epoch: per-pixel squared error on the [0, 1] scale, plus alpha x CE).
 
 ClaDec (Eq. 1): a decoder trained on the frozen classifier's activations at the layer to reconstruct
-the input, with classification loss weight alpha; `untrained` decodes the architecture at its seeded
+the input, loss (1 - alpha) x per-pixel squared error on the [0, 1] scale + alpha x CE; `untrained` decodes the architecture at its seeded
 initialisation instead (Table 6), `channels` only the first k channels (Sec. 6.4). RefAE: the same
 encoder architecture, re-initialised and trained jointly with the decoder for reconstruction only.
 """
@@ -22,7 +23,8 @@ rows = sampled_rows(data, "train", opts["max_images"], seed)
 if not len(rows):
     raise ValueError(f"dataset {sm.wildcards.dataset!r} has no training images to train a decoder on")
 loader = image_loader(data, rows, info, opts["batch_size"], shuffle=True, seed=seed)
-common = {"epochs": opts["epochs"], "lr": opts["lr"], "seed": seed, "device": device}
+# the loss's squared error on the [0, 1] pixel scale (Eq. 1): the inputs are normalised with the model's std
+common = {"epochs": opts["epochs"], "lr": opts["lr"], "seed": seed, "input_std": info["preprocess"]["std"], "device": device}
 log.info("%s of %s at %s: %d training images, %d epochs, on %s", sm.wildcards.variant, sm.wildcards.model, layer, len(rows), opts["epochs"], device)
 started = time.perf_counter()
 if spec["kind"] == "refae":

@@ -2,7 +2,12 @@
 classifier layers and the RefAE reference, their fidelity evaluation and occlusion relevance.
 
 A decoder D is trained on the frozen classifier's activations L(X) at one layer to reconstruct the
-input X, with the loss of Eq. 1: (1 - alpha) * sum_i (X_i - D(L(X))_i)^2 + alpha * CE(C(D(L(X))), Y).
+input X, with the loss of Eq. 1: (1 - alpha) * mean_i (X_i - D(L(X))_i)^2 + alpha * CE(C(D(L(X))), Y),
+the squared error averaged over pixels and channels on the [0, 1] pixel scale (the authors' code: an
+MSE on [0, 1] images), so the paper's alphas (0.9, 0.99, 0.999) weigh the same two terms. Images
+enter the models normalised, (x - mean) / std per channel; the error of a difference is rescaled by
+std (the mean cancels). Every reconstruction error here is in that unit: the mean squared error per
+pixel on the [0, 1] scale (in the inputs' own units where no std is given).
 The reference auto-encoder (RefAE) has the same architecture: an encoder of the classifier's
 architecture up to the layer (freshly initialised) and the same decoder, trained jointly for
 reconstruction only (Sec. 3, Fig. 1). Differences between the two reconstructions that the RefAE
@@ -13,15 +18,16 @@ The decoder follows the paper's Table 1: 5x5 transposed convolutions with stride
 the last, lower ones (Sec. 6, "the highest deconvolutional layers ... have to be removed"). Where
 the input size is not the map size times a power of two, the output is resized to the input size.
 
-    decoder = ClaDec(alpha=0.0, epochs=8).fit(model, "features.7", loader)
+    decoder = ClaDec(alpha=0.0, epochs=8, input_std=[0.5]).fit(model, "features.7", loader)
     reconstructions = decoder.reconstruct(images)
-    reference = RefAE(epochs=8).fit(model, "features.7", loader)
+    reference = RefAE(epochs=8, input_std=[0.5]).fit(model, "features.7", loader)
     row = fidelity(decoder, reference, acc_cladec, acc_refae, test_loader)   # Tables 2-5
     relevance = cladec_occlusion_relevance(decoder, images, occlusion_boxes(28, 28), fill)   # Sec. 6.6
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Iterable, Sequence
@@ -74,26 +80,41 @@ class Decoder(nn.Module):
         return out
 
 
-def reconstruction_error(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """(N,) summed squared error per image (the first term of Eq. 1)."""
-    return ((images - reconstructions) ** 2).flatten(1).sum(dim=1)
+def reconstruction_error(images: torch.Tensor, reconstructions: torch.Tensor, std: Sequence[float] | None = None) -> torch.Tensor:
+    """(N,) mean squared error per pixel (the first term of Eq. 1), over pixels and channels: on the
+    [0, 1] pixel scale when `std` (the normalisation's per-channel standard deviations) is given,
+    else in the inputs' own units."""
+    difference = images - reconstructions
+    if std is not None:
+        difference = difference * torch.as_tensor(std, dtype=difference.dtype, device=difference.device).view(1, -1, 1, 1)
+    return (difference**2).flatten(1).mean(dim=1)
 
 
-def cladec_loss(images, reconstructions, logits_of_reconstructions, labels, alpha: float) -> torch.Tensor:
-    """Eq. 1, averaged over the batch: (1 - alpha) * squared error + alpha * cross-entropy of C(x_hat)."""
-    loss = (1 - alpha) * reconstruction_error(images, reconstructions).mean()
+def cladec_loss(images, reconstructions, logits_of_reconstructions, labels, alpha: float, std: Sequence[float] | None = None) -> torch.Tensor:
+    """Eq. 1, averaged over the batch: (1 - alpha) * per-pixel squared error (on the [0, 1] scale with
+    `std`, see `reconstruction_error`) + alpha * cross-entropy of C(x_hat)."""
+    loss = (1 - alpha) * reconstruction_error(images, reconstructions, std).mean()
     if alpha > 0:
         loss = loss + alpha * F.cross_entropy(logits_of_reconstructions, labels)
     return loss
 
 
 class _Reconstructor:
-    """Shared training loop of ClaDec and RefAE: Adam over (images, labels, ...) batches."""
+    """Shared training loop of ClaDec and RefAE: Adam over (images, labels, ...) batches.
 
-    def __init__(self, *, epochs: int = EPOCHS, lr: float = 1e-3, seed: int = 0, device: torch.device | str | None = None, progress: bool = True):
+    `input_std`: the per-channel standard deviations of the inputs' normalisation (the model's
+    preprocess std), so that the loss and every reported error are per-pixel squared errors on the
+    [0, 1] scale (Eq. 1); None where the inputs are the [0, 1] pixels themselves.
+    """
+
+    def __init__(self, *, epochs: int = EPOCHS, lr: float = 1e-3, seed: int = 0, input_std: Sequence[float] | None = None,
+                 device: torch.device | str | None = None, progress: bool = True):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if input_std is not None and not all(v > 0 for v in input_std):
+            raise ValueError(f"input_std must be positive per-channel standard deviations, got {input_std}")
         self.epochs, self.lr, self.seed, self.device, self.progress = epochs, lr, seed, device, progress
+        self.input_std = None if input_std is None else [float(v) for v in input_std]
 
     def _device(self, model: nn.Module) -> torch.device:
         return torch.device(self.device) if self.device is not None else next(model.parameters()).device
@@ -132,7 +153,7 @@ class _Reconstructor:
         state = {
             "kind": type(self).__name__, "layer": self.layer_, "code_shape": list(self.code_shape_), "image_shape": list(self.image_shape_),
             "alpha": getattr(self, "alpha", None), "channels": getattr(self, "channels", None),
-            "epochs": self.epochs, "lr": self.lr, "seed": self.seed, "loss_history": list(self.loss_history_),
+            "epochs": self.epochs, "lr": self.lr, "seed": self.seed, "input_std": self.input_std, "loss_history": list(self.loss_history_),
             "encoder": {k: v.cpu() for k, v in self.encoder_.state_dict().items()},
             "decoder": {k: v.cpu() for k, v in self.decoder_.state_dict().items()}, "meta": meta,
         }
@@ -147,14 +168,14 @@ class _Reconstructor:
 def load_reconstructor(path, model: nn.Module, device: torch.device | str = "cpu") -> "ClaDec | RefAE":
     """A saved ClaDec or RefAE, rebuilt on `model`'s architecture (its weights are replaced by the saved
     encoder's, so a RefAE or an untrained-classifier ClaDec loads onto the explained model too)."""
-    import copy
-
     state = torch.load(path, map_location="cpu", weights_only=True)
     kinds = {"ClaDec": ClaDec, "RefAE": RefAE}
     if state.get("kind") not in kinds:
         raise ValueError(f"{path} is not a saved ClaDec or RefAE (kind {state.get('kind')!r})")
     kwargs = {"alpha": state["alpha"], "channels": state["channels"]} if state["kind"] == "ClaDec" else {}
-    reconstructor = kinds[state["kind"]](epochs=state["epochs"], lr=state["lr"], seed=state["seed"], progress=False, **kwargs)
+    # input_std: absent from files saved without one (their losses and errors are in the inputs' units)
+    reconstructor = kinds[state["kind"]](epochs=state["epochs"], lr=state["lr"], seed=state["seed"], input_std=state.get("input_std"),
+                                         progress=False, **kwargs)
     split = split_at_layer(copy.deepcopy(model), state["layer"])
     if split is None:
         raise ValueError(f"cannot cut the model at {state['layer']!r} with torch.fx")
@@ -174,7 +195,7 @@ class ClaDec(_Reconstructor):
     """A decoder of the frozen classifier's `layer` (Eq. 1; `alpha` = 0 is the paper's default).
 
     `channels` = (start, stop) decodes only that subset of the layer's channels (Sec. 6.4).
-    Learned: encoder_ (the classifier up to the layer, frozen), decoder_, loss_history_ (per epoch).
+    Learned: encoder_ (a frozen copy of the classifier up to the layer), decoder_, loss_history_ (per epoch, in the unit of Eq. 1).
     """
 
     def __init__(self, *, alpha: float = 0.0, channels: tuple[int, int] | None = None, **kwargs):
@@ -195,11 +216,14 @@ class ClaDec(_Reconstructor):
         return code[:, start:stop]
 
     def fit(self, model: nn.Module, layer: str, loader: Iterable, image_shape: Sequence[int] | None = None) -> "ClaDec":
-        split = split_at_layer(model, layer)
+        """Train the decoder on `model`'s activations at `layer`. The classifier is frozen as a copy
+        (eval mode, no gradients for its weights): `model` itself, its requires_grad flags and its
+        train/eval mode stay as they were, and the encoder_ does not change when `model` trains later."""
+        device = self._device(model)
+        classifier = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+        split = split_at_layer(classifier, layer)
         if split is None:
             raise ValueError(f"cannot cut the model at {layer!r} with torch.fx; ClaDec needs the classifier up to the layer")
-        device = self._device(model)
-        model.eval().requires_grad_(False)
         self.encoder_ = split[0].to(device).eval().requires_grad_(False)
         images, _, *_ = next(iter(loader))
         torch.manual_seed(self.seed)
@@ -211,8 +235,8 @@ class ClaDec(_Reconstructor):
             with torch.no_grad():
                 code = self._encode(x)
             x_hat = self.decoder_(code)
-            logits = model(x_hat) if self.alpha > 0 else None  # gradients flow through the frozen classifier
-            return cladec_loss(x, x_hat, logits, y, self.alpha)
+            logits = classifier(x_hat) if self.alpha > 0 else None  # gradients flow through the frozen classifier
+            return cladec_loss(x, x_hat, logits, y, self.alpha, self.input_std)
 
         self.decoder_.train()
         self.loss_history_ = self._train(self.decoder_.parameters(), step, loader, device)
@@ -230,8 +254,6 @@ class RefAE(_Reconstructor):
         """`fresh_model`: an untrained model of the classifier's architecture (default: a deep copy of
         `model` with every parameter re-initialised by its module's reset_parameters)."""
         if fresh_model is None:
-            import copy
-
             torch.manual_seed(self.seed)
             fresh_model = copy.deepcopy(model)
             for module in fresh_model.modules():
@@ -250,30 +272,19 @@ class RefAE(_Reconstructor):
         self._build_decoder(layer, code, image_shape or images.shape[1:], device)
 
         def step(x, y):
-            return reconstruction_error(x, self.decoder_(self._encode(x))).mean()
+            return reconstruction_error(x, self.decoder_(self._encode(x)), self.input_std).mean()
 
         self.decoder_.train()
         self.loss_history_ = self._train([*self.encoder_.parameters(), *self.decoder_.parameters()], step, loader, device)
         return self
 
 
-def pixel_errors(images: torch.Tensor, reconstructions: torch.Tensor, std: Sequence[float] | None = None) -> torch.Tensor:
-    """(N,) mean squared error per pixel, on the [0, 1] pixel scale when `std` (the normalisation's
-    per-channel standard deviations) is given, else in the model's input units."""
-    difference = images - reconstructions
-    if std is not None:
-        difference = difference * torch.as_tensor(std, dtype=difference.dtype, device=difference.device).view(1, -1, 1, 1)
-    return (difference**2).flatten(1).mean(dim=1)
-
-
-def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable, std: Sequence[float] | None = None) -> float:
-    """Mean over images of the per-pixel squared error (the Rec columns of Tables 2-5); see `pixel_errors`.
-    Without `std`, the summed squared error per image in input units (the first term of Eq. 1)."""
+def mean_reconstruction_error(reconstructor: _Reconstructor, loader: Iterable) -> float:
+    """Mean over images of the per-pixel squared error (the Rec columns of Tables 2-5): on the [0, 1]
+    scale with the reconstructor's input_std, the unit of its training loss (`reconstruction_error`)."""
     errors = []
     for images, *_ in loader:
-        reconstructions = reconstructor.reconstruct(images).cpu()
-        error = reconstruction_error(images, reconstructions) if std is None else pixel_errors(images, reconstructions, std)
-        errors.append(error.numpy())
+        errors.append(reconstruction_error(images, reconstructor.reconstruct(images).cpu(), reconstructor.input_std).numpy())
     return float(np.concatenate(errors).mean())
 
 
@@ -287,6 +298,63 @@ def reconstructed_dataset(reconstructor: _Reconstructor, loader: Iterable, progr
     return torch.utils.data.TensorDataset(*(torch.cat(p) for p in parts))
 
 
+# Sec. 5 (experimental setup): the classifiers, those for evaluation included, are trained with SGD
+# for 64 epochs from a learning rate of 0.1, decayed twice by 0.1. Momentum 0.9, weight decay 1e-4,
+# batch size 128 and the decays after epochs 29 and 58 (of 64) are those of the authors' code.
+PAPER_EVAL_TRAIN = {"optimizer": "sgd", "epochs": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128, "schedule": "step"}
+STEP_DECAYS = (29 / 64, 58 / 64)  # where the "step" schedule multiplies the learning rate by 0.1, as shares of the epochs
+OPTIMIZERS = ("adam", "sgd")
+
+
+def step_decay_epochs(epochs: int) -> list[int]:
+    """The epochs after which the `step` schedule multiplies the learning rate by 0.1 (29 and 58 of 64)."""
+    return sorted({round(share * epochs) for share in STEP_DECAYS} - {0, epochs})
+
+
+def train_sgd_classifier(model: nn.Module, train_set, *, epochs: int = 64, batch_size: int = 128, lr: float = 0.1, momentum: float = 0.9,
+                         weight_decay: float = 1e-4, schedule: str = "step", seed: int = 0, device: torch.device | str = "cpu",
+                         progress: bool = True) -> "pd.DataFrame":
+    """Train `model` in place with SGD (momentum, weight decay) and cross-entropy; the paper's C_eval
+    recipe by default (Sec. 5). `schedule`: `step` multiplies the learning rate by 0.1 after the
+    `step_decay_epochs`, `cosine` anneals it to 0 over all steps, `constant` keeps it. Returns the
+    per-epoch log (epoch, loss, train_acc, lr: the epoch's first learning rate), seeded as
+    `training.train_classifier` (shuffling, initialisation)."""
+    import pandas as pd
+    from torch.utils.data import DataLoader
+
+    from ..utils import seed_everything
+
+    if schedule not in ("step", "cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r} for SGD; expected step, cosine or constant")
+    generator = seed_everything(seed)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0)
+    model.to(device).train()
+    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decays, total_steps = step_decay_epochs(epochs), epochs * len(loader)
+    log = []
+    for epoch in tqdm(range(epochs), desc="C_eval (SGD)", disable=not progress):
+        total, correct, seen, first_lr = 0.0, 0, 0, None
+        for step, (images, labels, *_) in enumerate(loader, start=epoch * len(loader)):
+            if schedule == "cosine":
+                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            else:
+                factor = 0.1 ** sum(epoch >= d for d in decays) if schedule == "step" else 1.0
+            for group in optimiser.param_groups:
+                group["lr"] = lr * factor
+            first_lr = lr * factor if first_lr is None else first_lr
+            images, labels = images.to(device), torch.as_tensor(labels).to(device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total, seen = total + loss.item() * len(labels), seen + len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+        log.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": first_lr})
+    model.eval()
+    return pd.DataFrame(log)
+
+
 def evaluation_accuracy(
     reconstructor: _Reconstructor,
     fresh_model: nn.Module,
@@ -295,26 +363,34 @@ def evaluation_accuracy(
     *,
     epochs: int = 8,
     seed: int = 0,
+    optimizer: str = "adam",
     progress: bool = False,
     **train_options,
 ) -> float:
     """Accuracy of C_eval (Sec. 5): `fresh_model` (the classifier's architecture, untrained) trained on
     the reconstructions of the training images and tested on those of the test images.
-    `train_options` (batch_size, lr, weight_decay, schedule) go to `train_classifier`: the paper trains
-    C_eval as the classifier it explains."""
+    `optimizer` "adam": `train_options` (batch_size, lr, weight_decay, schedule) go to
+    `training.train_classifier`, C_eval trained as the pipeline's classifiers; "sgd": they (and
+    momentum, schedule "step") go to `train_sgd_classifier`, the paper's recipe (`PAPER_EVAL_TRAIN`)."""
     from ..training import train_classifier
 
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown C_eval optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+    if optimizer == "adam" and ("momentum" in train_options or train_options.get("schedule") == "step"):
+        raise ValueError("momentum and the 'step' schedule are SGD options: set optimizer 'sgd' for C_eval")
     device = next(reconstructor.decoder_.parameters()).device
-    train_classifier(fresh_model, reconstructed_dataset(reconstructor, train_loader, progress), epochs=epochs, seed=seed, device=device, progress=progress, **train_options)
+    train = train_classifier if optimizer == "adam" else train_sgd_classifier
+    train(fresh_model, reconstructed_dataset(reconstructor, train_loader, progress), epochs=epochs, seed=seed, device=device, progress=progress, **train_options)
     test = reconstructed_dataset(reconstructor, test_loader, progress)
     with torch.no_grad():
         predicted = torch.cat([fresh_model(x.to(device)).argmax(1).cpu() for x in test.tensors[0].split(256)])
     return float((predicted == test.tensors[1]).double().mean())
 
 
-def fidelity(cladec: ClaDec, refae: RefAE, acc_cladec: float, acc_refae: float, test_loader: Iterable, std: Sequence[float] | None = None) -> dict[str, float]:
-    """The columns of Tables 2-5: reconstruction errors and ΔRec, evaluation accuracies and ΔAcc."""
-    rec_cladec, rec_refae = mean_reconstruction_error(cladec, test_loader, std), mean_reconstruction_error(refae, test_loader, std)
+def fidelity(cladec: ClaDec, refae: RefAE, acc_cladec: float, acc_refae: float, test_loader: Iterable) -> dict[str, float]:
+    """The columns of Tables 2-5: reconstruction errors (see `mean_reconstruction_error`) and ΔRec,
+    evaluation accuracies and ΔAcc."""
+    rec_cladec, rec_refae = mean_reconstruction_error(cladec, test_loader), mean_reconstruction_error(refae, test_loader)
     return {"rec_cladec": rec_cladec, "rec_refae": rec_refae, "delta_rec": rec_cladec - rec_refae,
             "acc_cladec": acc_cladec, "acc_refae": acc_refae, "delta_acc": acc_cladec - acc_refae}
 
