@@ -130,11 +130,15 @@ def predictions_if(selection, dataset, model):
 # ---- concepts (helpers of rules/concepts.smk) ----------------------------------------------------
 
 
-def concept_settings():
-    """The `concepts` keys that determine the NMF concepts (not the crops or the test)."""
+def method_split(block, dataset):
+    """The split(s) a method block takes a dataset's images from: its `dataset_splits` entry, else `split`."""
+    return config[block]["dataset_splits"].get(dataset, config[block]["split"])
+
+
+def concept_settings(dataset):
+    """The `concepts` keys that determine a dataset's NMF concepts (not the crops or the test)."""
     keys = (
         "classes",
-        "split",
         "by",
         "max_images",
         "max_vectors",
@@ -144,7 +148,7 @@ def concept_settings():
         "attribution_options",
         "batch_size",
     )
-    return {key: config["concepts"][key] for key in keys}
+    return {**{key: config["concepts"][key] for key in keys}, "split": method_split("concepts", dataset)}
 
 
 def crop_store_settings(dataset):
@@ -171,8 +175,9 @@ def pool_inputs(w):
 # ---- contrast (helpers of rules/contrast.smk) ----------------------------------------------------
 
 
-def contrast_settings(*keys):
-    return {key: config["contrast"][key] for key in keys}
+def contrast_settings(*keys, dataset=None):
+    """`contrast` keys; `split` as it applies to `dataset`."""
+    return {key: method_split("contrast", dataset) if key == "split" else config["contrast"][key] for key in keys}
 
 
 # ---- cladec (helpers of rules/cladec.smk) ------------------------------------------------------

@@ -17,7 +17,7 @@ rule extract_concepts:
         mem_mb=16000,
         runtime=1440,
     params:
-        concepts=concept_settings(),
+        concepts=lambda w: concept_settings(w.dataset),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -18,7 +18,9 @@ rule extract_contrast_vectors:
         mem_mb=16000,
         runtime=1440,
     params:
-        contrast=contrast_settings("classes", "split", "by", "max_images", "cutoff", "attribution", "attribution_options", "batch_size"),
+        contrast=lambda w: contrast_settings(
+            "classes", "split", "by", "max_images", "cutoff", "attribution", "attribution_options", "batch_size", dataset=w.dataset
+        ),
         seed=config["seed"],
         device=config["device"],
     script:
@@ -64,7 +66,7 @@ rule run_shifting_test:
         runtime=720,
     params:
         shift=config["contrast"]["shift"],
-        split=config["contrast"]["split"],
+        split=lambda w: method_split("contrast", w.dataset),
         batch_size=config["contrast"]["batch_size"],
         seed=config["seed"],
         device=config["device"],
@@ -89,7 +91,7 @@ rule extract_contrast_concepts:
         mem_mb=8000,
         runtime=720,
     params:
-        contrast=contrast_settings("split", "by", "max_images", "concept_pairs", "n_concepts", "batch_size"),
+        contrast=lambda w: contrast_settings("split", "by", "max_images", "concept_pairs", "n_concepts", "batch_size", dataset=w.dataset),
         seed=config["seed"],
         device=config["device"],
     script:

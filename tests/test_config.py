@@ -105,7 +105,7 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c.update(contrast={"cutoff": 1.5}), ["contrast.cutoff", "<= 1"]),
         (lambda c: c.update(contrast={"shift": {"offsets": []}}), ["contrast.shift.offsets"]),
         (lambda c: c.update(predict={"splits": ["test"]}, concepts={"models": []}, contrast={"shift": {"split": "train"}}), ["contrast.split", "train"]),
-        (lambda c: c.update(predict={"splits": ["train"]}, concepts={"models": []}, contrast={"split": "train", "shift": {"split": "test"}}), ["contrast.shift.split", "test"]),
+        (lambda c: c.update(predict={"splits": ["train"]}, concepts={"models": []}, contrast={"models": ["vgg_shortcut"], "split": "train", "shift": {"split": "test"}}), ["contrast.shift.split", "test"]),
         (lambda c: c.update(cladec={"models": ["vgg_nope"]}), ["cladec.models[0]", "vgg_nope"]),
         (lambda c: c.update(cladec={"models": ["mobilenet_v2"]}), ["models.mobilenet_v2.eval_datasets", "'photos'", "training images"]),
         (lambda c: c.update(cladec={"models": ["vgg_clean"], "layers": ["features.3"], "sweep": {"layers": ["features.7"]}}), ["cladec.sweep.layers[0]", "features.7"]),
@@ -170,6 +170,20 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["dora"].update(anomaly_classes={"digitz": ["3"]}), ["dora.anomaly_classes.digitz", "unknown dataset", "digits_shortcut"]),
         (lambda c: c["datasets"].update(inet={"kind": "imagefolder", "root": "../shared/data/imagenette"})
          or c["dora"].update(anomaly_classes={"inet": ["tench"]}), ["dora.anomaly_classes.inet[0]", "'tench'", "n01440764"]),
+        # per-dataset splits of the concept methods: known datasets, and splits each explained dataset has
+        (lambda c: c["concepts"].update(dataset_splits={"digitz": "train"}), ["concepts.dataset_splits.digitz", "unknown dataset"]),
+        (lambda c: c["contrast"].update(split=["train", "test_watermarked"], dataset_splits={}), ["contrast.split", "'photos'", "['train', 'test_watermarked']",
+                                                             "contrast.dataset_splits.photos"]),
+        (lambda c: c["concepts"]["dataset_splits"].update(photos="train"), ["concepts.dataset_splits.photos", "no images in split(s) ['train']"]),
+        # DORA reads a class's logit: a 10-output model has none for ImageNet's 1000 classes
+        (lambda c: c["models"]["resnet_shortcut"].update(eval_datasets=["digits_shortcut", "photos"])
+         or c["dora"]["layers"].update(resnet_shortcut=["layer3", "logits"]),
+         ["dora.layers.resnet_shortcut", "10 outputs and the dataset 1000 classes", "one output per class"]),
+        # a transformer block's (tokens, dim) output is not a map of channels
+        (lambda c: c["models"].update(vit={"arch": "torchvision:vit_b_16", "weights": "random", "eval_datasets": ["photos"],
+                                          "layers": ["encoder.layers.encoder_layer_0"]})
+         or c["dora"].update(models=["vit"], layers={"vit": ["encoder.layers.encoder_layer_0"]}),
+         ["dora.layers.vit", "'encoder.layers.encoder_layer_0'", "(197, 768)", "(C, h, w)"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

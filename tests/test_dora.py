@@ -7,10 +7,12 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from conceptscope.data import imagenet_wnids
 from conceptscope.methods.dora import (
     OUTLIER_DETECTORS,
     atlas_embedding,
     data_distances,
+    dataset_logits,
     extreme_activation_distance,
     minkowski_distance,
     natural_ams,
@@ -136,6 +138,43 @@ def test_synthetic_distances_from_signal_activations():
     dist = synthetic_distances(acts)
     assert dist["ea_s_pairwise"][0, 1] == pytest.approx(0.0, abs=1e-7)
     assert dist["ea_s_layerwise"][0, 2] == pytest.approx(R2)
+
+
+def test_layerwise_ea_s_uses_every_representation_of_the_layer_when_only_some_have_signals():
+    # 6 representations, signals for 3 of them (columns 1, 3, 4): Def. 7's layer-wise RAV of a
+    # signalled representation is its signals' mean activation of all 6 representations
+    rng = np.random.default_rng(0)
+    acts = rng.random((3, 4, 6))
+    acts[:, :, [1, 3, 4]] = np.array([1.0, 2.0, 3.0])  # on the 3 signalled columns every row is the same
+    acts[0][:, [0, 2, 5]], acts[1][:, [0, 2, 5]] = 10.0, 0.0  # off them, 0's signals excite the layer, 1's do not
+    positions = np.array([1, 3, 4])
+    dist = synthetic_distances(acts, positions)
+    mu = acts.mean(axis=1)
+    for i in range(3):
+        for j in range(3):
+            cos = mu[i] @ mu[j] / np.linalg.norm(mu[i]) / np.linalg.norm(mu[j])
+            assert dist["ea_s_layerwise"][i, j] == pytest.approx(0.0 if i == j else np.sqrt(1 - cos) / np.sqrt(2), abs=1e-7)
+    # restricted to the signalled columns the rows would be identical (distance 0): the full layer tells them apart
+    assert dist["ea_s_layerwise"][0, 1] > 0.05
+    np.testing.assert_allclose(dist["ea_s_pairwise"], extreme_activation_distance(mu[:, positions], "pairwise"))
+    # with signals for every representation it is the square case
+    full = rng.random((4, 2, 4))
+    np.testing.assert_allclose(synthetic_distances(full)["ea_s_layerwise"], synthetic_distances(full, np.arange(4))["ea_s_layerwise"])
+    with pytest.raises(ValueError, match="distinct columns"):
+        synthetic_distances(acts, np.array([1, 1, 4]))
+
+
+def test_dataset_logits_match_classes_to_outputs_or_refuse():
+    # one output per class: the class's own index
+    np.testing.assert_array_equal(dataset_logits(list("abc"), None, 3), [0, 1, 2])
+    # a 1000-output ImageNet model on a folder of 3 wnids: their ImageNet-1k indices, not 0, 1, 2
+    wnids = imagenet_wnids()
+    classes = [wnids[5], wnids[300], wnids[999]]
+    np.testing.assert_array_equal(dataset_logits(classes, [5, 300, 999], 1000), [5, 300, 999])
+    with pytest.raises(ValueError, match="not ImageNet-1k wnids"):
+        dataset_logits(["cat", "dog"], None, 1000, "dataset 'pets'")
+    with pytest.raises(ValueError, match="10 outputs and the dataset 3 classes"):
+        dataset_logits(list("abc"), None, 10)
 
 
 def test_roc_auc_matches_sklearn_with_ties():

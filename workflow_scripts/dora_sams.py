@@ -4,8 +4,10 @@ Feature visualisation (DORA Def. 6, Sec. 3.2): n signals per representation, eac
 steps in a Fourier parametrisation with random jitter, scale and rotation, batched over
 representations. Every signal then passes the model once; mu[i, j] is the mean raw activation of
 representation j on representation i's signals (Def. 7: raw, not standardised, activations), and
-EA_s (pair- and layer-wise) follows. With `max_representations` only a seeded subset of the
-representations gets signals (the CPU budget) and EA_s covers that subset: `positions` says which.
+EA_s (pair- and layer-wise) follows. With `max_representations` only a seeded subset of R
+representations gets signals (the CPU budget): EA_s is given between those R (`positions` says
+which), the layer-wise distance still over their RAVs across all k representations of the layer, as
+Def. 7 defines it; `activations` keeps all k columns.
 """
 
 import time
@@ -45,15 +47,15 @@ signals = synthetic_ams(model, layer, index[positions].tolist(), n_signals=opts[
 seconds = time.perf_counter() - start
 log.info("%d representations x %d s-AMS, %d steps: %.1f s (%.2f s per representation)", len(positions), opts["n_signals"], opts["steps"], seconds, seconds / len(positions))
 
-# activations of the chosen representations on every signal: (R, n, R)
+# activations of every representation of the layer on every signal: (R, n, k)
 flat = signals.flatten(0, 1)
 with torch.no_grad():
     outputs = torch.cat([representation_outputs(model, layer, ((batch - mean) / std).to(device)).cpu()
                          for batch in flat.split(opts["batch_size"])])
-acts = outputs[:, torch.as_tensor(index[positions])].reshape(len(positions), opts["n_signals"], len(positions)).numpy()
-own = acts[np.arange(len(positions)), :, np.arange(len(positions))]
-log.info("each s-AMS' own representation: mean activation %.3f; others on it: %.3f", own.mean(), acts.mean())
-distances = synthetic_distances(acts)
+acts = outputs[:, torch.as_tensor(index)].reshape(len(positions), opts["n_signals"], k).numpy()
+own = acts[np.arange(len(positions)), :, positions]
+log.info("each s-AMS' own representation: mean activation %.3f; all %d representations on them: %.3f", own.mean(), k, acts.mean())
+distances = synthetic_distances(acts, positions)
 with atomic_path(sm.output.sams) as tmp:
     with open(tmp, "wb") as handle:
         np.savez(handle, positions=positions, activations=acts.astype(np.float32), seconds=seconds,

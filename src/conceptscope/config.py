@@ -315,6 +315,18 @@ def _check_method(config: dict, block: str) -> list[str]:
     if "classes" not in opts:  # a method that does not pick images by predicted class
         return chosen
     split_keys = [(f"{block}.split", opts["split"])]
+    for ds, split in opts["dataset_splits"].items():
+        if ds not in config["datasets"]:
+            raise ConfigError(f"config key '{block}.dataset_splits.{ds}': unknown dataset {ds!r}; datasets are {sorted(config['datasets'])}")
+        split_keys.append((f"{block}.dataset_splits.{ds}", split))
+    for ds, _ in method_pairs(config, block):  # every explained dataset has images in one of its splits at least
+        split = opts["dataset_splits"].get(ds, opts["split"])
+        key = f"{block}.dataset_splits.{ds}" if ds in opts["dataset_splits"] else f"{block}.split"
+        if not set(split_names(split)) & _splits_of(config["datasets"][ds]):
+            raise ConfigError(
+                f"config key '{key}': dataset {ds!r} has no images in split(s) {split_names(split)} (it has {sorted(_splits_of(config['datasets'][ds]))}); "
+                f"name its split(s) in {block}.dataset_splits.{ds}"
+            )
     if block == "contrast" and opts["shift"]["split"] is not None:
         split_keys.append(("contrast.shift.split", opts["shift"]["split"]))
     for key, split in split_keys:
@@ -365,6 +377,14 @@ def _check_contrast(config: dict) -> None:
             raise ConfigError(f"config key 'contrast.concept_pairs[{i}]': [{a}, {b}] uses a class outside contrast.classes {opts['classes']}")
     if chosen and opts["classes"] is not None and len(set(opts["classes"])) < 2:
         raise ConfigError(f"config key 'contrast.classes': contrasting needs at least two classes, got {opts['classes']}")
+
+
+def _splits_of(spec: dict) -> set[str]:
+    """The splits a prepared dataset of this spec can have: test, train where it has training images,
+    test_watermarked where it plants a shortcut."""
+    if spec["kind"] == "combined":  # its parts decide; none is refused here
+        return {"train", "test", "test_watermarked"}
+    return {"test"} | ({"train"} if _has_train_split(spec) else set()) | ({"test_watermarked"} if spec.get("shortcut") else set())
 
 
 def _has_train_split(spec: dict) -> bool:
@@ -587,6 +607,31 @@ def _check_dora(config: dict) -> None:
         )
     if opts["atlas"]["distance"].startswith("ea_s") and not opts["sams"]["enabled"]:
         raise ConfigError(f"config key 'dora.atlas.distance': {opts['atlas']['distance']!r} needs s-AMS; set dora.sams.enabled: true or pick a data-aware distance")
+    _check_dora_layers(config)
+
+
+def _check_dora_layers(config: dict) -> None:
+    """DORA's layers give one scalar per channel or logit: a token layer (T, D) is refused, and each
+    dataset's classes must be outputs of the model whose logits are read (`dora.dataset_logits`)."""
+    from .data import class_names_of, imagenet_wnids
+    from .methods.dora import dataset_logits
+
+    models, datasets = config["models"], config["datasets"]
+    for dataset, model in dora_pairs(config):
+        layers = dora_layers(config, model)
+        for layer, shape in (layer_map_shapes(models[model], datasets, [x for x in layers if x != "logits"]) or {}).items():
+            if len(shape) not in (1, 3):
+                raise ConfigError(
+                    f"config key 'dora.layers.{model}': layer {layer!r} gives maps of shape {tuple(shape)}; DORA's representations are "
+                    "the channels of a (C, h, w) map or a (C,) vector (a transformer's (tokens, dim) output is not supported)"
+                )
+        if "logits" in layers:
+            classes, wnids = class_names_of(datasets[dataset]), imagenet_wnids()
+            index = [wnids.index(c) for c in classes] if set(classes) <= set(wnids) else None
+            try:
+                dataset_logits(classes, index, model_num_classes(models[model], datasets), f"model {model!r} on dataset {dataset!r}")
+            except ValueError as error:
+                raise ConfigError(f"config key 'dora.layers.{model}': logits: {error}") from None
 
 
 def cluscam_pairs(config: dict) -> list[tuple[str, str]]:

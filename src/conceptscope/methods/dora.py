@@ -135,8 +135,7 @@ def extreme_activation_distance(mu: np.ndarray, mode: str = "layerwise") -> np.n
         norm_ji = np.sqrt(mu.T**2 + diag[None, :] ** 2)
         cos = _safe_divide(dot, norm_ij * norm_ji)
     elif mode == "layerwise":
-        norms = np.linalg.norm(mu, axis=1)
-        cos = _safe_divide(mu @ mu.T, norms[:, None] * norms[None, :])
+        return _rows_angle_distance(mu)
     else:
         raise ValueError(f"unknown EA mode {mode!r}; expected one of {list(EA_MODES)}")
     dist = _angle_distance(cos)
@@ -200,13 +199,49 @@ def data_distances(acts: np.ndarray, *, n: int = N_AMS, d: int = AMS_DEPTH, p: f
     return out
 
 
-def synthetic_distances(sams_activations: np.ndarray) -> dict[str, np.ndarray]:
-    """EA_s (Def. 7) in both modes from raw activations (k, n, k) of every representation's s-AMS."""
+def synthetic_distances(sams_activations: np.ndarray, positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """EA_s (Def. 7) in both modes from the raw activations of the s-AMS, between the representations
+    that have signals.
+
+    `sams_activations`: (R, n, k), every representation of the layer (k columns) on the n signals of
+    each of R representations; `positions` (R,): the column of each signal's own representation
+    (None: R = k and row i's own column is i). Pair-wise, the distance of i and j needs mu_ii, mu_ij,
+    mu_ji and mu_jj; layer-wise, it is the angle between the full RAVs mu_i* over all k
+    representations of the layer (Def. 7), also when only R < k of them have signals.
+    """
     sams_activations = np.asarray(sams_activations, dtype=np.float64)
-    if sams_activations.ndim != 3 or sams_activations.shape[0] != sams_activations.shape[2]:
-        raise ValueError(f"s-AMS activations must be (k, n signals, k), got shape {sams_activations.shape}")
-    mu = sams_activations.mean(axis=1)
-    return {f"ea_s_{mode}": extreme_activation_distance(mu, mode) for mode in EA_MODES}
+    if sams_activations.ndim != 3:
+        raise ValueError(f"s-AMS activations must be (R signalled representations, n signals, k), got shape {sams_activations.shape}")
+    n_signalled, _, k = sams_activations.shape
+    positions = np.arange(k) if positions is None else np.asarray(positions, dtype=np.int64)
+    if positions.shape != (n_signalled,) or (positions < 0).any() or (positions >= k).any() or len(set(positions.tolist())) != n_signalled:
+        raise ValueError(f"positions must be {n_signalled} distinct columns in [0, {k}), one per signalled representation; got {positions.tolist()[:10]}")
+    mu = sams_activations.mean(axis=1)  # (R, k): the RAVs over the whole layer
+    return {"ea_s_pairwise": extreme_activation_distance(mu[:, positions], "pairwise"),
+            "ea_s_layerwise": _rows_angle_distance(mu)}
+
+
+def _rows_angle_distance(rows: np.ndarray) -> np.ndarray:
+    """(R, R) layer-wise EA distance between the rows of (R, k) RAVs (k may exceed R)."""
+    norms = np.linalg.norm(rows, axis=1)
+    dist = _angle_distance(_safe_divide(rows @ rows.T, norms[:, None] * norms[None, :]))
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def dataset_logits(classes: list[str], imagenet_index: list[int] | None, n_outputs: int, where: str = "dataset") -> np.ndarray:
+    """The model output (logit) of each dataset class (len(classes),): the class's own index where
+    the model has one output per class, its ImageNet-1k index where a 1000-output model meets ImageNet
+    classes (`imagenet_index`, e.g. a folder of wnids); anything else is refused, since the logit read
+    for a class would be another class's."""
+    if n_outputs == len(classes):
+        return np.arange(n_outputs)
+    if n_outputs == 1000 and imagenet_index is not None and len(imagenet_index) == len(classes):
+        return np.asarray(imagenet_index, dtype=np.int64)
+    hint = ("its classes are not ImageNet-1k wnids: name the class folders by wnid (or set label_map: imagenet)" if n_outputs == 1000
+            else "expected a model with one output per class of the dataset")
+    raise ValueError(f"{where}: the model has {n_outputs} outputs and the dataset {len(classes)} classes (e.g. {list(classes[:3])}), "
+                     f"so no logit can be matched to a class; {hint}")
 
 
 # --------------------------------------------------------------------------------------------
