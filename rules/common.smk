@@ -139,6 +139,7 @@ def concept_settings(dataset):
     """The `concepts` keys that determine a dataset's NMF concepts (not the crops or the test)."""
     keys = (
         "classes",
+        "split",
         "by",
         "max_images",
         "max_vectors",
@@ -148,7 +149,7 @@ def concept_settings(dataset):
         "attribution_options",
         "batch_size",
     )
-    return {**{key: config["concepts"][key] for key in keys}, "split": method_split("concepts", dataset)}
+    return {key: method_split("concepts", dataset) if key == "split" else config["concepts"][key] for key in keys}
 
 
 def crop_store_settings(dataset):

@@ -524,6 +524,10 @@ def test_shortcut_summary_reads_each_method_from_its_table(finished_run):
     assert kept.clean_model.dropna().tolist() == pytest.approx([cladec.loc[("resnet_clean", "cladec_a0"), "watermark_kept"]])
     probing = tables["dora_probing"]
     assert by.xs("dora", level="method").shortcut_model.max() == pytest.approx(probing[probing.model == "vgg_shortcut"].probing_auc.max())
+    # the chance level of each kind of measure: a share 0, a ratio to the box's share 1, an AUC 0.5
+    chance = summary.set_index(["method", "measure"])["chance"]
+    assert (chance.xs("dora").xs("best probing AUC of a representation (watermarked vs clean twins)") == 0.5).all()
+    assert (chance.xs("gradcam") == 1.0).all() and (chance.xs("prediction") == 0.0).all()
 
 
 def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):

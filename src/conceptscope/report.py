@@ -135,7 +135,8 @@ def _dora(tables: dict) -> pd.DataFrame:
     flagged = frame[(frame["distance"] == "ea_n") & (frame["mode"] == "layerwise")]
     flagged = flagged.groupby(["model", "dataset", "layer"], as_index=False)["flagged"].mean()
     return pd.concat([
-        _measure(best, "dora", "best probing AUC of a representation (watermarked vs clean twins)", best["probing_auc"], best["layer"]),
+        _measure(best, "dora", "best probing AUC of a representation (watermarked vs clean twins)", best["probing_auc"], best["layer"],
+                 chance=0.5),
         _measure(flagged, "dora", "top probing representations flagged as outliers (EA_n layer-wise, all detectors)",
                  flagged["flagged"], flagged["layer"]),
     ])
