@@ -7,15 +7,6 @@ wildcard_constraints:
     variant=r"refae|cladec_a[0-9.e+-]+|cladec_untrained|cladec_c[0-9]+",
 
 
-def cladec_eval_settings(model):
-    """How C_eval trains: `cladec.eval_train`'s keys over the model's own `train` block (recipe
-    model), or over the paper's SGD recipe (recipe paper; evaluate_reconstructor fills in the rest)."""
-    opts = config["cladec"]["eval_train"]
-    if opts.get("recipe", "model") == "model":
-        return cladec_eval_train(model)
-    return {"seed": MODELS[model]["train"]["seed"], **{k: v for k, v in opts.items() if v is not None}}
-
-
 rule train_reconstructor:
     input:
         unpack(lambda w: {"data": dataset_dir(w.dataset), **model_files(w.model)}),
@@ -56,7 +47,7 @@ rule evaluate_reconstructor:
     params:
         variant=lambda w: variant_spec(w.variant),
         # C_eval is trained for every variant but the channel subsets (Sec. 6.4 is about their reconstructions)
-        eval_train=lambda w: None if w.variant.startswith("cladec_c") else cladec_eval_settings(w.model),
+        eval_train=lambda w: None if w.variant.startswith("cladec_c") else cladec_eval_train(w.model),
         max_images=config["cladec"]["max_images"],
         max_test_images=config["cladec"]["max_test_images"],
         batch_size=config["cladec"]["batch_size"],

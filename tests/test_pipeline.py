@@ -205,6 +205,9 @@ def test_concept_tables_figures_and_the_stricter_variant(finished_run):
     assert set(table[["model", "dataset", "layer"]].itertuples(index=False, name=None)) == jobs
     assert sorted(table["n_concepts"].unique()) == [1, 2, 4]  # the figure's n and the sweep
     assert table["avg_pred"].between(0, 1).all() and table["pct_target"].between(0, 100).all()
+    # the real MobileNetV2's stitched concept crops are its class far above chance (1 in 1000), as the paper's Table 1
+    real = table[(table.model == "mobilenet_v2") & ~table.exclude_target.astype(bool)]
+    assert len(real) == 3 and (real.avg_pred > 0.2).all() and (real.pct_target > 25).all()
     folder = results / "concepts" / "photos" / "mobilenet_v2" / "features.18" / "crops"
     tests = pd.read_csv(folder / "prediction_test.csv")
     crops = pd.read_parquet(folder / "top_crops.parquet")

@@ -14,9 +14,10 @@ the shortcut model by its clean twin fails the test:
 - Grad-CAM of the predicted class (the saliency jobs' default target): its mass in the watermark box
   over the box's share of the frame; chance 1.
 
-NAVE is not asserted here: it segments the watermark for the clean twin too (Sec. 4.5.3 of its paper
-reads the shortcut off the saturation of the explanation, not off the watermark's segment); the
-default run records its measure and verdict, and docs/shortcut.md the evidence.
+NAVE and DORA are not asserted here: they do not single out the watermark for the shortcut model
+in the default run either. Nor is ClaDec: it detects the shortcut at the VGG's 1x1 layer of the
+default run, but a decoder of this ResNet's 7x7 last stage reconstructs the watermark for both nets
+(measured 0.29 vs 0.31 of its signal on the 6 px setting). docs/shortcut.md has the evidence.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def clean_twin(tmp_path_factory):
     return _trained(PreparedDataset(root), transform), transform
 
 
-@pytest.fixture(scope="module", params=sorted(SETTINGS))
+# the default suite takes the 6 px checker on class 7 (size and class other than the default run's);
+# the default run's own watermark and the cross are opt-in (`-m long`: about 3 minutes more on one core)
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=[] if name == "checker6_class7" else pytest.mark.long) for name in sorted(SETTINGS)])
 def twins(request, tmp_path_factory, clean_twin):
     """(watermarked data, shortcut model, clean twin, shortcut class, transform) for one setting."""
     root = tmp_path_factory.mktemp(request.param)

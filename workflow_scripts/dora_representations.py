@@ -58,7 +58,7 @@ if layer == "logits":
     logit_of = dataset_logits(data.classes, data.meta.get("imagenet_index"), acts.shape[1], f"dataset {w.dataset!r} with model {w.model!r}")
     class_of = {int(j): c for c, j in enumerate(logit_of)}
     if p.logit_classes == "dataset":
-        index = np.array(sorted({int(logit_of[c]) for c in rows["label"].unique()}))
+        index = np.array(sorted({int(logit_of[c]) for c in rows["label"].unique() if 0 <= c < len(logit_of)}))  # -1: unlabelled
         if len(index) < 2:
             raise ValueError(f"dataset {w.dataset!r}: fewer than 2 of its classes are logits of {w.model!r}; set dora.logit_classes: all")
         acts = acts[:, index]

@@ -133,12 +133,17 @@ def _dora(tables: dict) -> pd.DataFrame:
     frame = tables["dora_probing"]
     best = frame.groupby(["model", "dataset", "layer"], as_index=False)["probing_auc"].max()
     flagged = frame[(frame["distance"] == "ea_n") & (frame["mode"] == "layerwise")]
-    flagged = flagged.groupby(["model", "dataset", "layer"], as_index=False)["flagged"].mean()
+    # where the watermark's detectors stand among the layer's outliers: 1 = the most anomalous, 0 = the least
+    flagged = flagged.assign(percentile=1 - (flagged["outlier_rank"] - 1) / (flagged["n_representations"] - 1).clip(lower=1))
+    keys = ["model", "dataset", "layer"]
+    flagged = flagged.groupby(keys, as_index=False)["flagged"].mean().merge(flagged.groupby(keys, as_index=False)["percentile"].mean(), on=keys)
     return pd.concat([
         _measure(best, "dora", "best probing AUC of a representation (watermarked vs clean twins)", best["probing_auc"], best["layer"],
                  chance=0.5),
         _measure(flagged, "dora", "top probing representations flagged as outliers (EA_n layer-wise, all detectors)",
                  flagged["flagged"], flagged["layer"]),
+        _measure(flagged, "dora", "top probing representations' outlier percentile (1 = most anomalous; EA_n layer-wise, all detectors)",
+                 flagged["percentile"], flagged["layer"], chance=0.5),
     ])
 
 
