@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
     --no-loadscope-reorder`) a worker is handed whole files in this order, so one starts the longest
     chain at once while the other works through every other file beside it."""
     items.sort(key=lambda item: item.path.name != LONGEST_FILE)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_compute_thread_per_worker():
+    """Each test file starts on the worker's one compute thread: an OpenMP library that raised the
+    shared thread count in an earlier file (torch reads OpenMP's) does not carry it over."""
+    torch = sys.modules.get("torch")
+    if os.environ.get("PYTEST_XDIST_WORKER") and torch is not None:
+        torch.set_num_threads(1)
 
 
 def digits_spec(**overrides) -> dict:
