@@ -230,10 +230,9 @@ def variant_spec(variant):
 def cladec_eval_train(model):
     """How C_eval trains: `cladec.eval_train`'s keys over the model's own `train` block (recipe
     model), or over the paper's SGD recipe (recipe paper; evaluate_reconstructor fills in the rest)."""
-    opts = config["cladec"]["eval_train"]
-    if opts.get("recipe", "model") == "model":
-        return {**MODELS[model]["train"], **{k: v for k, v in opts.items() if v is not None}}
-    return {"seed": MODELS[model]["train"]["seed"], **{k: v for k, v in opts.items() if v is not None}}
+    opts = {k: v for k, v in config["cladec"]["eval_train"].items() if v is not None}
+    train = MODELS[model]["train"]
+    return {**(train if opts.get("recipe", "model") == "model" else {"seed": train["seed"]}), **opts}
 
 
 def cladec_dir(*parts):
