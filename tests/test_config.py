@@ -179,11 +179,18 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["models"]["resnet_shortcut"].update(eval_datasets=["digits_shortcut", "photos"])
          or c["dora"]["layers"].update(resnet_shortcut=["layer3", "logits"]),
          ["dora.layers.resnet_shortcut", "10 outputs and the dataset 1000 classes", "one output per class"]),
-        # a transformer block's (tokens, dim) output is not a map of channels
+        # a transformer's token layout that does not fit its token layers' token count
         (lambda c: c["models"].update(vit={"arch": "torchvision:vit_b_16", "weights": "random", "eval_datasets": ["photos"],
-                                          "layers": ["encoder.layers.encoder_layer_0"]})
-         or c["dora"].update(models=["vit"], layers={"vit": ["encoder.layers.encoder_layer_0"]}),
-         ["dora.layers.vit", "'encoder.layers.encoder_layer_0'", "(197, 768)", "(C, h, w)"]),
+                                          "layers": ["encoder.layers.encoder_layer_0"], "tokens": {"grid": [16, 16]}}),
+         ["models.vit.tokens", "'encoder.layers.encoder_layer_0'", "outputs 197 tokens", "= 257 tokens"]),
+        (lambda c: c["models"].update(vit={"arch": "vit_small", "train_dataset": "digits", "layers": ["blocks.1"],
+                                          "tokens": {"cls": 1, "registers": 2, "grid": [7, 7]}}),
+         ["models.vit.tokens", "'blocks.1'", "outputs 50 tokens", "= 52 tokens"]),
+        (lambda c: c["models"].update(vit={"arch": "vit_small", "train_dataset": "digits", "layers": ["blocks.1.clss"]}),
+         ["models.vit.layers", "'blocks.1.clss'", "blocks.1.cls"]),
+        (lambda c: c["models"].update(vit={"arch": "vit_small", "train_dataset": "digits", "layers": ["blocks.1"],
+                                          "arch_options": {"patch": 4}}),
+         ["models.vit", "arch_options ['patch']", "patch_size"]),
     ],
 )
 def test_bad_config_names_key_and_expectation(mutate, expected):

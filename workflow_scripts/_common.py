@@ -129,9 +129,9 @@ def image_loader(data, rows, info: dict, batch_size: int, *, shuffle: bool = Fal
 
 def untrained_twin(info: dict, seed: int, device):
     """The explained model's architecture at its seeded initialisation (ClaDec's Table 6, first row)."""
-    from conceptscope.models import build_model
+    from conceptscope.models import model_from_info
 
-    return build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=seed).to(device).eval()
+    return model_from_info(info, seed=seed).to(device).eval()
 
 
 def stored_rows(store, data, max_images=None):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from _common import image_loader, job_model_and_data, sampled_rows, setup, untrained_twin
 from conceptscope.methods.cladec import PAPER_EVAL_TRAIN, box_errors, evaluation_accuracy, load_reconstructor, pixel_maps, reconstruction_error
-from conceptscope.models import build_model
+from conceptscope.models import model_from_info
 from conceptscope.utils import write_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -64,7 +64,7 @@ if p.eval_train is not None:
     settings = dict(p.eval_train)
     recipe = settings.pop("recipe", "model")
     settings = {**PAPER_EVAL_TRAIN, **settings} if recipe == "paper" else {"optimizer": "adam", **settings}
-    fresh = build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=settings["seed"]).to(device)
+    fresh = model_from_info(info, seed=settings["seed"]).to(device)
     options = {k: settings[k] for k in ("batch_size", "lr", "weight_decay", "schedule", "momentum") if k in settings}
     out["acc_eval"] = evaluation_accuracy(reconstructor, fresh, train_loader, test_loader, epochs=settings["epochs"], seed=settings["seed"],
                                           optimizer=settings["optimizer"], **options)

@@ -3,14 +3,14 @@
 from pathlib import Path
 
 from _common import setup
-from conceptscope.models import build_model, load_state_dict, resolve_preprocess, save_model, weights_file
+from conceptscope.models import load_state_dict, model_from_info, resolve_preprocess, save_model, weights_file
 from conceptscope.utils import library_versions
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 spec = sm.params.spec
 preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
-model = build_model(spec["arch"], spec["num_classes"], preprocess["channels"], seed=0)
+model = model_from_info({**spec, "preprocess": preprocess}, seed=0)
 source = weights_file(spec["arch"], spec["weights"])
 if source is not None:
     load_state_dict(model, source)
@@ -21,6 +21,8 @@ save_model(
     {
         "name": sm.wildcards.model,
         "arch": spec["arch"],
+        "arch_options": spec["arch_options"],
+        "tokens": spec["tokens"],
         "num_classes": spec["num_classes"],
         "preprocess": preprocess,
         "weights": spec["weights"],

@@ -5,7 +5,7 @@ from pathlib import Path
 from _common import setup
 from conceptscope.data import PreparedDataset
 from conceptscope.evaluation import predict, summarize_predictions
-from conceptscope.models import build_model, build_transform, resolve_preprocess, save_model
+from conceptscope.models import build_transform, model_from_info, resolve_preprocess, save_model
 from conceptscope.training import train_classifier
 from conceptscope.utils import atomic_path, library_versions, resolve_device
 
@@ -17,7 +17,7 @@ preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
 transform = build_transform(preprocess)
 data = PreparedDataset(sm.input.data)
 hp = spec["train"]
-model = build_model(spec["arch"], spec["num_classes"], preprocess["channels"], seed=hp["seed"])
+model = model_from_info({**spec, "preprocess": preprocess}, seed=hp["seed"])
 log.info("training %s on %s (%d images) on %s", spec["arch"], spec["train_dataset"], len(data.split("train")), device)
 train_log = train_classifier(
     model,
@@ -45,6 +45,8 @@ save_model(
     {
         "name": sm.wildcards.model,
         "arch": spec["arch"],
+        "arch_options": spec["arch_options"],
+        "tokens": spec["tokens"],
         "num_classes": spec["num_classes"],
         "preprocess": preprocess,
         "weights": "train",

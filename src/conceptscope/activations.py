@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,7 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, PreparedDataset
+from . import tokens
 from .models import get_layer
+from .tokens import token_layout
 from .store import RowStoreWriter, layer_store_name, provenance
 from .utils import atomic_path
 
@@ -193,10 +196,15 @@ def split_at_layer(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.Gra
 
     head(images) returns (layer output, *saved) and tail(layer output, *saved) the logits, where
     `saved` are the values computed before the layer that are still needed after it (e.g. the input
-    of a residual block whose first conv is the layer). Built with torch.fx; None for models with
-    data-dependent control flow or a layer called more than once.
+    of a residual block whose first conv is the layer). On a transformer the layer output is its
+    map as get_layer's view sees it, and the first of `saved` the tokens before the patch grid.
+    Built with torch.fx; None for models with data-dependent control flow, a layer called more than
+    once, or a transformer layer with a tuple output or a `.cls` / `.registers` view.
     """
     get_layer(model, layer)
+    layout = token_layout(model)
+    if layout is not None and layer not in dict(model.named_modules()):
+        return None  # a `.cls` / `.registers` view: the caller falls back to a full forward pass
     try:
         traced = fx.GraphModule(model, _LayerLeafTracer(layer).trace(model))
     except Exception:  # untraceable control flow: the caller falls back to a full forward pass
@@ -207,14 +215,24 @@ def split_at_layer(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.Gra
         return None
     before, after = nodes[: cuts[0] + 1], nodes[cuts[0] + 1 :]
     call, inside = before[-1], set(before)
+    if layout is not None and any(user.target is operator.getitem for user in call.users):
+        return None  # a tuple output (e.g. attention): the full forward pass keeps its other parts
     needed_after = [n for n in before[:-1] if any(user not in inside for user in n.users)]
     head, tail = fx.Graph(), fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in before:
         env[node] = head.node_copy(node, lambda n: env[n])
     saved = [n for n in needed_after if n.op != "get_attr"]
-    head.output((env[call], *(env[n] for n in saved)))
-    env = {call: tail.placeholder("layer_output")}
+    if layout is None:
+        head.output((env[call], *(env[n] for n in saved)))
+        env = {call: tail.placeholder("layer_output")}
+    else:  # a transformer: the head gives the layer's map (its grid view) and the tokens before the grid
+        shape = (layout.n_prefix, layout.n_tokens, *layout.grid)
+        layer_map = head.call_function(tokens.view_map, (env[call], *shape))
+        prefix = head.call_function(tokens.view_prefix, (env[call], *shape[:2]))
+        head.output((layer_map, prefix, *(env[n] for n in saved)))
+        layer_output, prefix = tail.placeholder("layer_output"), tail.placeholder("token_prefix")
+        env = {call: tail.call_function(tokens.unview, (layer_output, prefix))}
     for i, node in enumerate(saved):
         env[node] = tail.placeholder(f"saved_{i}")
     for node in [n for n in needed_after if n.op == "get_attr"] + after:  # parameters are read, not passed

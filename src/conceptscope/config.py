@@ -195,13 +195,24 @@ def _check_model(name: str, spec: dict, datasets: dict, base: Path) -> None:
         resolve_preprocess(spec["arch"], spec["preprocess"])
     except ModelError as err:
         raise ConfigError(f"config key '{key}.weights' / '{key}.preprocess': {err}") from None
+    if spec["arch_options"] or spec["tokens"]:
+        try:
+            _structure_of(spec, datasets)  # builds the model with its options and layout
+        except ConfigError:
+            raise
+        except (ModelError, ValueError) as err:
+            raise ConfigError(f"config key '{key}.arch_options' / '{key}.tokens': {err}") from None
     _check_layer_names(spec, datasets, spec["layers"], f"{key}.layers")
 
 
 @functools.lru_cache(maxsize=None)
-def _model_structure(arch: str, num_classes: int, channels: int, size: int | None) -> dict:
+def _model_structure(arch: str, num_classes: int, channels: int, size: int | None, options: str = "null", tokens: str = "null") -> dict:
     """The module names of a fresh model of the architecture and, with an input size, the output shape
-    (C, h, w) of each module called on a size x size input (its last call).
+    of each module called on a size x size input (its last call): `shapes` as the methods read them
+    ((C, h, w) maps; a transformer's token layers as their patch map (D, h, w), plus `LAYER.cls` (D,)
+    and `LAYER.registers` (D, 1, R) where it has those tokens), `raw` as the module returns them.
+    `options` and `tokens` are the JSON of the spec's arch_options and tokens; `layout` the token
+    layout the model ends up with (None for a CNN).
 
     Building the model and the forward pass cost about 2 s with torchvision's import, on every
     Snakemake start (each dry run, each SLURM job), so the result is kept in a JSON file keyed by all
@@ -211,53 +222,96 @@ def _model_structure(arch: str, num_classes: int, channels: int, size: int | Non
     import hashlib
     import importlib.metadata
 
-    from . import models
+    from . import models, tokens as token_views, vit
     from .utils import _torchvision_version, cache_dir, write_json
 
-    key = {"arch": arch, "num_classes": num_classes, "channels": channels, "size": size, "torch": importlib.metadata.version("torch"),
-           "torchvision": _torchvision_version(), "models_source": hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()}
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (models, token_views, vit))
+    key = {"arch": arch, "num_classes": num_classes, "channels": channels, "size": size, "options": options, "tokens": tokens,
+           "torch": importlib.metadata.version("torch"), "torchvision": _torchvision_version(), "models_source": hashlib.sha256(sources).hexdigest()}
     folder = cache_dir()
     path = folder / f"structure-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json" if folder else None
     try:
         cached = json.loads(path.read_text()) if path else None
         if cached and cached.get("key") == key:
-            return {"names": cached["names"], "shapes": {name: tuple(shape) for name, shape in cached["shapes"].items()}}
-    except (OSError, ValueError, AttributeError, TypeError):
+            return {"names": cached["names"], "layout": cached["layout"],
+                    **{k: {name: tuple(shape) for name, shape in cached[k].items()} for k in ("shapes", "raw")}}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
         pass
     import torch
 
     from .activations import LayerRecorder
 
-    model = models.build_model(arch, num_classes, channels).eval()
+    model = models.build_model(arch, num_classes, channels, options=json.loads(options), tokens=json.loads(tokens)).eval()
     names = models.layer_names(model)
-    shapes = {}
+    layout = token_views.token_layout(model)
+    shapes, raw = {}, {}
     if size:
-        with LayerRecorder(model, names) as recorder, torch.no_grad():
-            model(torch.zeros(1, channels, size, size))
-            shapes = {name: tuple(output.shape[1:]) for name, output in recorder.outputs.items()}
+        images = torch.zeros(1, channels, size, size)
+        recorded = {}
+        hooks = [module.register_forward_hook(lambda m, i, out, name=name: recorded.__setitem__(name, out)) for name, module in model.named_modules() if name]
+        try:
+            with torch.no_grad():
+                model(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for name, out in recorded.items():
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(out, torch.Tensor):
+                raw[name] = tuple(out.shape[1:])
+        shapes = dict(raw)
+        if layout is not None:
+            views = names + [f"{name}.{view}" for name in names for view in ("cls", "registers")]
+            with LayerRecorder(model, views) as recorder, torch.no_grad():
+                model(images)
+                shapes = {name: tuple(output.shape[1:]) for name, output in recorder.outputs.items()}
+            names = names + [name for name in views[len(names):] if name in shapes]
+    layout = layout.to_dict() if layout is not None else None
     if path:
         try:
-            write_json(path, {"key": key, "names": names, "shapes": {name: list(shape) for name, shape in shapes.items()}})
+            write_json(path, {"key": key, "names": names, "layout": layout, "shapes": {name: list(shape) for name, shape in shapes.items()},
+                              "raw": {name: list(shape) for name, shape in raw.items()}})
         except OSError:
             pass
-    return {"names": names, "shapes": shapes}
+    return {"names": names, "shapes": shapes, "raw": raw, "layout": layout}
 
 
 def _structure_of(spec: dict, datasets: dict) -> dict:
     from .models import resolve_preprocess
 
     preprocess = resolve_preprocess(spec["arch"], spec["preprocess"])
-    return _model_structure(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"], preprocess.get("input_size") or None)
+    return _model_structure(spec["arch"], model_num_classes(spec, datasets), preprocess["channels"], preprocess.get("input_size") or None,
+                            json.dumps(spec.get("arch_options") or None, sort_keys=True), json.dumps(spec.get("tokens"), sort_keys=True))
 
 
 def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) -> None:
-    """Each layer a module of the model spec's architecture (`logits`, the output, always is)."""
+    """Each layer a module of the model spec's architecture (`logits`, the output, always is; on a
+    transformer also a token layer's `.cls` / `.registers` view), and a layer that outputs tokens
+    (N, T, D) readable as a patch map: T matches the model's token layout (`tokens`)."""
     from .models import unknown_layer
 
-    names = _structure_of(spec, datasets)["names"]
+    structure = _structure_of(spec, datasets)
+    names, layout = structure["names"], structure["layout"]
+    model_key = key.rsplit(".", 1)[0]
     for layer in (layer for layer in layers if layer != "logits"):
         if layer not in names:
             raise ConfigError(f"config key '{key}': {unknown_layer(layer, names)}")
+        shape = structure["raw"].get(layer)
+        if shape is None or len(shape) != 2:
+            continue
+        if layout is None:
+            raise ConfigError(
+                f"config key '{key}': layer {layer!r} outputs tokens {tuple(shape)} (T, D) and the model has no token layout; "
+                f"state it as {model_key}.tokens: {{cls: 1, registers: 0, grid: [h, w]}} (T = cls + registers + h x w)"
+            )
+        n_tokens = layout["cls"] + layout["registers"] + layout["grid"][0] * layout["grid"][1]
+        if shape[0] != n_tokens:
+            where = f"{model_key}.tokens" if spec.get("tokens") else f"{model_key}.tokens (the architecture's own layout)"
+            raise ConfigError(
+                f"config key '{where}': layout cls {layout['cls']} + registers {layout['registers']} + grid "
+                f"{layout['grid'][0]}x{layout['grid'][1]} = {n_tokens} tokens, but layer {layer!r} outputs {shape[0]} tokens "
+                f"of dim {shape[1]}; expected cls + registers + h x w = {shape[0]}"
+            )
 
 
 def layer_map_shapes(spec: dict, datasets: dict, layers: list[str]) -> dict[str, tuple[int, ...]] | None:
@@ -611,7 +665,8 @@ def _check_dora(config: dict) -> None:
 
 
 def _check_dora_layers(config: dict) -> None:
-    """DORA's layers give one scalar per channel or logit: a token layer (T, D) is refused, and each
+    """DORA's layers give one scalar per channel or logit (a token layer: its patch map's or, as
+    `LAYER.cls`, its class token's dimensions), and each
     dataset's classes must be outputs of the model whose logits are read (`dora.dataset_logits`)."""
     from .data import class_names_of, imagenet_wnids
     from .methods.dora import dataset_logits
@@ -623,7 +678,7 @@ def _check_dora_layers(config: dict) -> None:
             if len(shape) not in (1, 3):
                 raise ConfigError(
                     f"config key 'dora.layers.{model}': layer {layer!r} gives maps of shape {tuple(shape)}; DORA's representations are "
-                    "the channels of a (C, h, w) map or a (C,) vector (a transformer's (tokens, dim) output is not supported)"
+                    "the channels of a (C, h, w) map or a (C,) vector"
                 )
         if "logits" in layers:
             classes, wnids = class_names_of(datasets[dataset]), imagenet_wnids()

@@ -109,6 +109,14 @@ class ResNetSmall(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+def _vit_small(num_classes: int, in_channels: int, **options) -> nn.Module:
+    from .vit import ViTSmall
+
+    return ViTSmall(num_classes, in_channels, **options)
+
+
+VIT_OPTIONS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_ratio", "registers")
+
 # --------------------------------------------------------------------------------------------
 # Registry
 
@@ -131,10 +139,11 @@ def _packaged_mobilenet_v2() -> Path:
 class Arch:
     """An architecture: how to build it, how to feed it, and where packaged weights live."""
 
-    build: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
+    build: Callable[..., nn.Module]  # (num_classes, in_channels, **options) -> module
     preprocess: dict
     packaged_weights: Callable[[], Path] | None = None
     description: str = ""  # one line, shown by `conceptscope models`
+    options: tuple[str, ...] = ()  # keyword arguments of `build` a config may set (arch_options)
 
 
 SMALL_PREPROCESS = {"channels": 1, "resize": None, "input_size": 28, "mean": [0.5], "std": [0.5]}
@@ -147,7 +156,13 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
             raise ModelError(f"torchvision model {name!r} takes 3 input channels, preprocess.channels is {in_channels}")
         import torchvision  # imported where used: importing it costs every job about 1.7 s (torch._dynamo)
 
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if isinstance(model, torchvision.models.VisionTransformer):
+            from .tokens import TokenLayout, set_token_layout
+
+            side = model.image_size // model.patch_size  # torchvision's ViT: class token, then the patch grid
+            set_token_layout(model, TokenLayout(cls=1, registers=0, grid=(side, side)))
+        return model
 
     return build
 
@@ -160,6 +175,10 @@ ARCHS: dict[str, Arch] = {
     "resnet_small": Arch(
         lambda n, c: ResNetSmall(n, c), SMALL_PREPROCESS,
         description="a small ResNet: stem and 3 stages of 2 BasicBlocks (32, 64, 128 channels)",
+    ),
+    "vit_small": Arch(
+        _vit_small, SMALL_PREPROCESS, options=VIT_OPTIONS,
+        description="a small ViT for 28 px digits: patch embedding, class token, optional registers, pre-norm blocks (ReLU MLP)",
     ),
     "mobilenet_v2": Arch(
         _torchvision("mobilenet_v2"), IMAGENET_PREPROCESS, _packaged_mobilenet_v2,
@@ -289,11 +308,34 @@ def frame_boxes(boxes: np.ndarray, width: int, height: int, preprocess: dict) ->
     return boxes
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | None = None) -> nn.Module:
-    """An architecture with fresh weights (seeded when `seed` is given)."""
+def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | None = None, options: dict | None = None,
+                tokens: dict | None = None) -> nn.Module:
+    """An architecture with fresh weights (seeded when `seed` is given).
+
+    `options`: the architecture's keyword arguments (config `arch_options`, e.g. a ViT's patch size
+    and depth); `tokens`: a transformer's token layout {cls, registers, grid} where the architecture
+    does not state it (config `tokens`).
+    """
+    from .tokens import TokenLayout, set_token_layout
+
     if seed is not None:
         torch.manual_seed(seed)
-    return get_arch(arch).build(num_classes, in_channels)
+    spec = get_arch(arch)
+    if options and not spec.options:
+        raise ModelError(f"arch {arch!r} takes no arch_options (got {sorted(options)})")
+    unknown = sorted(set(options or {}) - set(spec.options))
+    if unknown:
+        raise ModelError(f"arch_options {unknown} are not options of {arch!r}; expected some of {sorted(spec.options)}")
+    model = spec.build(num_classes, in_channels, **(options or {}))
+    if tokens is not None:
+        set_token_layout(model, TokenLayout.from_config(tokens))
+    return model
+
+
+def model_from_info(info: dict, seed: int | None = None) -> nn.Module:
+    """The architecture a model.json (or a model spec with resolved preprocess) describes, fresh weights."""
+    return build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=seed, options=info.get("arch_options"),
+                       tokens=info.get("tokens"))
 
 
 def weights_file(arch: str, weights: str) -> Path | None:
@@ -336,8 +378,21 @@ def unknown_layer(name: str, names: list[str]) -> str:
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called `name`; a clear error with close names when it does not exist."""
+    """The submodule called `name`; a clear error with close names when it does not exist.
+
+    On a transformer (a model with a token layout) the module where hooks see the layer as the
+    methods read it: a token layer's patch map (N, D, h, w), or with the suffix `.cls` its class
+    token (N, D), `.registers` its register tokens (N, D, 1, R) (see tokens.py).
+    """
+    from .tokens import token_layout, viewed_layer
+
     modules = dict(model.named_modules())
+    if token_layout(model) is not None and name:
+        base, _, view = name.rpartition(".")
+        if name not in modules and view in ("cls", "registers") and base in modules:
+            return viewed_layer(model, modules[base], view)
+        if name in modules:
+            return viewed_layer(model, modules[name], "grid")
     if name not in modules or not name:
         raise ModelError(unknown_layer(name, layer_names(model)))
     return modules[name]
@@ -360,6 +415,6 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     if not info_path.is_file():
         raise ModelError(f"{model_dir} is not a conceptscope model directory (no model.json)")
     info = json.loads(info_path.read_text())
-    model = build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"])
+    model = model_from_info(info)
     load_state_dict(model, model_dir / "weights.pt")
     return model.to(device).eval(), info
