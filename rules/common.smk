@@ -55,7 +55,7 @@ def model_params(name):
     spec = MODELS[name]
     from conceptscope.config import model_num_classes
 
-    return {
+    params = {
         "arch": spec["arch"],
         "weights": spec["weights"],
         "num_classes": model_num_classes(spec, DATASETS),
@@ -63,6 +63,9 @@ def model_params(name):
         "train": spec["train"] if spec["weights"] == "train" else None,
         "train_dataset": spec["train_dataset"],
     }
+    # only where set: the params of a model without them stay as they were (no rerun)
+    params.update({k: spec[k] for k in ("arch_options", "tokens") if spec[k]})
+    return params
 
 
 def explained_pairs():

@@ -138,6 +138,7 @@ rule summarize_nave:
     output:
         extraction=result("tables", "nave_object_extraction.csv"),
         watermark=result("tables", "nave_watermark.csv"),
+        registers=result("tables", "nave_registers.csv"),
     log:
         result("logs", "summarize_nave.log"),
     localrule: True

@@ -82,6 +82,46 @@ def test_small_net_layers_conv_and_all(capsys):
     assert layers["features.7"]["shape"] == [512, 1, 1]
 
 
+def test_vit_b_16_layers_list_the_encoder_blocks_as_token_maps(capsys):
+    code, out, _ = run(capsys, "layers", "torchvision:vit_b_16")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("torchvision:vit_b_16: input 3 x 224 x 224, 1000 classes;")
+    assert lines[1] == "tokens: 1 class + 0 register + 14x14 patch tokens = 197"
+    table = {line.split()[0]: line.split()[1:] for line in lines[3:] if line.startswith(("encoder", "conv_proj"))}
+    blocks = [name for name in table if name.startswith("encoder.layers.encoder_layer_") and name.count(".") == 2]
+    assert blocks == [f"encoder.layers.encoder_layer_{k}" for k in range(12)]  # listed by default (--kind conv)
+    for name in blocks:  # raw output (T, D), map (D, h, w), >= 0, the class-token view
+        assert table[name] == ["EncoderBlock", "(197,", "768)", "(768,", "14,", "14)", "no", "cls", "(768,)"]
+    assert table["encoder.layers.encoder_layer_3.mlp.0"][1:6] == ["(197,", "3072)", "(3072,", "14,", "14)"]
+    assert table["conv_proj"] == ["Conv2d", "(768,", "14,", "14)", "(768,", "14,", "14)", "no"]  # a conv map: no token views
+    assert "heads.head" not in out  # (1000,) logits: no map
+    assert "14x14 patch tokens as a (D, 14, 14) map" in out and "LAYER.registers" not in out
+
+
+def test_vit_small_layers_with_registers_as_json(capsys):
+    code, out, _ = run(capsys, "layers", "vit_small", "--arch-option", "registers=4", "--arch-option", "depth=2", "--json")
+    assert code == 0
+    listing = json.loads(out)
+    assert listing["arch_options"] == {"registers": 4, "depth": 2}
+    assert listing["layout"] == {"cls": 1, "registers": 4, "grid": [7, 7], "n_tokens": 54}
+    layers = {r["layer"]: r for r in listing["layers"]}
+    assert "blocks.2" not in layers and "head" not in layers  # depth 2; logits are no map
+    block = layers["blocks.1"]
+    assert block["shape"] == block["tokens"] == [54, 64] and block["map"] == [64, 7, 7] and block["nonneg"] is False
+    assert block["views"] == {"blocks.1.cls": [64], "blocks.1.registers": [64, 1, 4]}
+    act = layers["blocks.1.mlp.act"]
+    assert act["tokens"] == [54, 128] and act["map"] == [128, 7, 7] and act["nonneg"] is True  # the ReLU MLP: NMF can read it
+    assert layers["patch_embed"]["tokens"] is None and layers["patch_embed"]["map"] == [64, 7, 7] and layers["patch_embed"]["views"] == {}
+
+    code, out, err = run(capsys, "layers", "vit_small", "--arch-option", "patch_size=5")
+    assert code == 2 and out == "" and "patch_size 5 does not divide image_size 28" in err
+    code, _, err = run(capsys, "layers", "vit_small", "--arch-option", "registers")
+    assert code == 2 and "KEY=VALUE" in err
+    code, _, err = run(capsys, "layers", "vgg_small", "--arch-option", "registers=4")
+    assert code == 2 and "takes no arch_options" in err
+
+
 def test_unknown_arch_is_a_one_line_error(capsys):
     code, out, err = run(capsys, "layers", "vgg_large")
     assert code == 2 and out == ""

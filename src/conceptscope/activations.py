@@ -215,8 +215,8 @@ def split_at_layer(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.Gra
         return None
     before, after = nodes[: cuts[0] + 1], nodes[cuts[0] + 1 :]
     call, inside = before[-1], set(before)
-    if layout is not None and any(user.target is operator.getitem for user in call.users):
-        return None  # a tuple output (e.g. attention): the full forward pass keeps its other parts
+    if layout is not None and any(user.target is operator.getitem and isinstance(user.args[1], int) for user in call.users):
+        return None  # a tuple output (e.g. attention, out[0]): the full forward pass keeps its other parts
     needed_after = [n for n in before[:-1] if any(user not in inside for user in n.users)]
     head, tail = fx.Graph(), fx.Graph()
     env: dict[fx.Node, fx.Node] = {}

@@ -2,6 +2,8 @@
 
     conceptscope models                      # architectures valid as `models.<name>.arch`
     conceptscope layers mobilenet_v2 --filter features.1   # layer names for `layers:`, shapes, >= 0
+    conceptscope layers torchvision:vit_b_16                # a transformer: token layers (T, D), their (D, h, w) maps
+    conceptscope layers vit_small --arch-option registers=4 # an arch built with `arch_options`
     conceptscope datasets                    # dataset kinds for `datasets.<name>.kind`
     conceptscope store results/activations/photos/mobilenet_v2/features.18.zarr
     conceptscope config --configfile config.yaml
@@ -98,23 +100,33 @@ def _fingerprint(tensor) -> tuple[float, float, float]:
 
 
 def layer_table(arch: str, *, num_classes: int | None = None, channels: int | None = None, input_size: int | None = None,
-                seed: int = 0) -> tuple[list[dict], dict]:
+                seed: int = 0, options: dict | None = None) -> tuple[list[dict], dict, dict | None]:
     """Every named module of `arch` with its output shape (C, h, w) or (C,) on a dummy forward pass.
 
-    The model is built on the CPU with fresh weights (nothing is downloaded) and run in eval mode on
-    two seeded standard-normal images of the input size. `nonneg` is whether the module's output was
+    The model is built on the CPU with fresh weights (nothing is downloaded) and `options` (config
+    `arch_options`), and run in eval mode on two seeded standard-normal images of the input size
+    (default: the arch's, or `options["image_size"]`). `nonneg` is whether the module's output was
     >= 0 everywhere, i.e. it ends in a ReLU (or pools / clamps one): any other layer of a freshly
     initialised network has negative values on such input. The concepts and contrast methods (NMF)
     need non-negative layers; shapes do not depend on the weights. `inplace_modified`: a later
     in-place operation (e.g. torchvision's ReLU6(inplace=True) after a BatchNorm) overwrites the
     output; the activation store keeps a copy taken before it, a hook of your own that keeps the
-    tensor does not. `calls`: how often
-    the module ran (a store keeps the last call). Returns (rows, preprocess with num_classes).
+    tensor does not. `calls`: how often the module ran (a store keeps the last call).
+
+    On a transformer (a model with a token layout, tokens.py) a token layer's `shape` is its raw
+    (T, D); `tokens` repeats it, `map` is the patch map (D, h, w) the methods read (for a conv layer
+    its own (C, h, w), else None), `views` the shapes of its `LAYER.cls` (D,) and `LAYER.registers`
+    (D, 1, R) views where the layout has those tokens, and `nonneg` is that of the patch map.
+    Returns (rows, preprocess with num_classes, token layout as a dict with n_tokens, or None).
     """
     import torch
 
-    from .models import build_model, get_arch, resolve_preprocess
+    from .models import ModelError, build_model, get_arch, resolve_preprocess
+    from .tokens import token_layout
 
+    options = options or {}
+    if input_size is None and isinstance(options.get("image_size"), int):
+        input_size = options["image_size"]
     if input_size is not None and input_size < 8:
         raise CliError(f"--input-size must be at least 8 pixels (as preprocess.input_size), got {input_size}")
     preprocess = resolve_preprocess(arch, {"channels": channels, "input_size": input_size})
@@ -123,7 +135,13 @@ def layer_table(arch: str, *, num_classes: int | None = None, channels: int | No
         raise CliError(f"arch {arch!r} has no fixed input size; give one with --input-size")
     if num_classes is None:
         num_classes = 10 if get_arch(arch).preprocess["channels"] == 1 else 1000
-    model = build_model(arch, num_classes, preprocess["channels"], seed=seed).eval()
+    try:
+        model = build_model(arch, num_classes, preprocess["channels"], seed=seed, options=options).eval()
+    except ModelError:  # an unknown option: its own message names the valid ones
+        raise
+    except (TypeError, ValueError) as err:  # the architecture refuses an option's value
+        raise CliError(f"{arch} with arch options {options}: {err}") from None
+    layout = token_layout(model)
     modules = {name: module for name, module in model.named_modules() if name}
     seen: dict[str, dict] = {}
 
@@ -134,8 +152,11 @@ def layer_table(arch: str, *, num_classes: int | None = None, channels: int | No
             if not isinstance(output, torch.Tensor):
                 return
             row = seen.setdefault(name, {"calls": 0, "nonneg": True})
-            low = float(output.min()) if output.numel() else 0.0
-            row.update(calls=row["calls"] + 1, shape=tuple(output.shape[1:]), low=low, check=_fingerprint(output), tensor=output)
+            is_tokens = layout is not None and layout.is_tokens(output)
+            read = output[:, layout.n_prefix:] if is_tokens else output  # a token layer is read as its patch map
+            low = float(read.min()) if read.numel() else 0.0
+            row.update(calls=row["calls"] + 1, shape=tuple(output.shape[1:]), low=low, check=_fingerprint(output), tensor=output,
+                       is_tokens=is_tokens)
             row["nonneg"] = row["nonneg"] and low >= 0
 
         return record
@@ -157,33 +178,84 @@ def layer_table(arch: str, *, num_classes: int | None = None, channels: int | No
         row = {"layer": name, "type": type(module).__name__, "shape": None, "nonneg": None, "calls": 0, "inplace_modified": False}
         if rec is not None:
             row.update(shape=rec["shape"], nonneg=rec["nonneg"], calls=rec["calls"], inplace_modified=_fingerprint(rec["tensor"]) != rec["check"])
+        if layout is not None:
+            is_tokens = rec is not None and rec["is_tokens"]
+            shape = row["shape"]
+            row["tokens"] = shape if is_tokens else None
+            row["map"] = (shape[1], *layout.grid) if is_tokens else (shape if shape is not None and len(shape) == 3 else None)
+            views = {}
+            if is_tokens and layout.cls:
+                views[f"{name}.cls"] = (shape[1],)
+            if is_tokens and layout.registers:
+                views[f"{name}.registers"] = (shape[1], 1, layout.registers)
+            row["views"] = views
         rows.append(row)
-    return rows, {**preprocess, "num_classes": int(logits.shape[1])}
+    layout_info = {**layout.to_dict(), "n_tokens": layout.n_tokens} if layout is not None else None
+    return rows, {**preprocess, "num_classes": int(logits.shape[1])}, layout_info
+
+
+def _arch_options(pairs: Sequence[str] | None) -> dict:
+    """`KEY=VALUE` strings -> {KEY: VALUE}, each value read as YAML (as config.yaml's arch_options: `4` is a number)."""
+    import yaml
+
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--arch-option expects KEY=VALUE (e.g. registers=4), got {pair!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise CliError(f"--arch-option {pair!r}: the value is not valid YAML") from None
+    return options
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    rows, info = layer_table(args.arch, num_classes=args.num_classes, channels=args.channels, input_size=args.input_size)
-    if args.kind == "conv":
-        rows = [r for r in rows if r["shape"] is not None and len(r["shape"]) == 3]
+    options = _arch_options(args.arch_option)
+    rows, info, layout = layer_table(args.arch, num_classes=args.num_classes, channels=args.channels, input_size=args.input_size,
+                                     options=options)
+    if args.kind == "conv":  # what activation stores hold: (C, h, w) maps, a transformer's token layers read as maps
+        rows = [r for r in rows if r["shape"] is not None and len(r["shape"]) == 3 or r.get("tokens")]
     if args.filter:
         rows = [r for r in rows if args.filter in r["layer"]]
     if args.json:
-        print(json.dumps({"arch": args.arch, "input": info, "layers": rows}, indent=1))
+        listing = {"arch": args.arch, "input": info, "layers": rows}
+        if options or layout is not None:
+            listing.update(arch_options=options, layout=layout)
+        print(json.dumps(listing, indent=1))
         return 0
     size = info["input_size"]
+    what = "layers"
+    if args.kind == "conv":
+        what = "layers with (C, h, w) maps" + (" or token maps" if layout is not None else "")
     print(f"{args.arch}: input {info['channels']} x {size} x {size}, {info['num_classes']} classes; "
-          f"{len(rows)} {'layers with (C, h, w) maps' if args.kind == 'conv' else 'layers'}"
-          + (f" matching {args.filter!r}" if args.filter else ""))
+          f"{len(rows)} {what}" + (f" matching {args.filter!r}" if args.filter else ""))
+    if options:
+        print("arch options: " + ", ".join(f"{key}={value}" for key, value in options.items()))
+    if layout is not None:
+        from .tokens import TokenLayout
+
+        print(f"tokens: {TokenLayout.from_config(layout).describe()}")
     if not rows:
         return 0
-    table = [("layer", "type", "output", ">= 0", "")]
+    table = [("layer", "type", "output", *(("map",) if layout is not None else ()), ">= 0", "")]
     for r in rows:
         shape = "not called" if r["shape"] is None else str(tuple(r["shape"]))
         nonneg = "" if r["nonneg"] is None else ("yes" if r["nonneg"] else "no")
         notes = (["overwritten in place later"] if r["inplace_modified"] else []) + ([f"runs {r['calls']} times"] if r["calls"] > 1 else [])
-        table.append((r["layer"], r["type"], shape, nonneg, "; ".join(notes)))
+        if layout is not None:
+            notes = [f"{view.rpartition('.')[2]} {tuple(view_shape)}" for view, view_shape in r["views"].items()] + notes
+            map_cell = ("" if r["map"] is None else str(tuple(r["map"])),)
+        table.append((r["layer"], r["type"], shape, *(map_cell if layout is not None else ()), nonneg, "; ".join(notes)))
     print(_table(table))
-    print(">= 0: the layer's output is non-negative (it ends in a ReLU); the concepts and contrast methods (NMF) need that")
+    if layout is not None and any(r.get("tokens") for r in rows):
+        h, w = layout["grid"]
+        views = [view for view, n in (("LAYER.cls the class token (D,)", layout["cls"]),
+                                      ("LAYER.registers the registers (D, 1, R)", layout["registers"])) if n]
+        print(f"map: how the methods read a token layer (`layers: [LAYER]`): its {h}x{w} patch tokens as a (D, {h}, {w}) map, "
+              "the other tokens dropped" + (f"; {', '.join(views)}" if views else ""))
+    print(">= 0: the layer's output is non-negative (it ends in a ReLU); the concepts and contrast methods (NMF) need that"
+          + ("; for a token layer: its patch map" if layout is not None else ""))
     if any(r["inplace_modified"] for r in rows):
         print("overwritten in place later: a following in-place op (e.g. ReLU6(inplace=True)) changes this output "
               "after it is computed; the activation store keeps a copy, a hook of your own must clone it")
@@ -484,11 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="layer names of an architecture (for `layers:`), output shapes, non-negativity")
     p.add_argument("arch", help="an arch name, e.g. mobilenet_v2, vgg_small, torchvision:resnet18")
     p.add_argument("--kind", choices=("conv", "all"), default="conv",
-                   help="conv (default): layers with (C, h, w) maps, what activation stores hold; all: every named module")
+                   help="conv (default): layers with (C, h, w) maps, what activation stores hold (a transformer's token layers "
+                        "included, read as (D, h, w) patch maps); all: every named module")
     p.add_argument("--filter", metavar="SUBSTR", help="only layer names containing SUBSTR")
-    p.add_argument("--input-size", type=int, help="input side in pixels (default: the arch's, as preprocess.input_size)")
+    p.add_argument("--input-size", type=int,
+                   help="input side in pixels (default: the arch's, as preprocess.input_size, or --arch-option image_size)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the arch's, as preprocess.channels)")
     p.add_argument("--num-classes", type=int, help="output classes (default: 10 for the small nets, 1000 otherwise)")
+    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
+                   help="an architecture option, as models.<name>.arch_options (repeatable), e.g. registers=4 for vit_small")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_layers)
 

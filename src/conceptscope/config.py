@@ -578,10 +578,13 @@ def explained_pairs(config: dict) -> list[tuple[str, str]]:
 
 
 def method_pairs(config: dict, block: str) -> list[tuple[str, str]]:
-    """(dataset, model) pairs a method reading the activation store explains (`<block>.models` x `<block>.datasets`)."""
+    """(dataset, model) pairs a method reading the activation store explains (`<block>.models` x
+    `<block>.datasets`; a model none of whose layers is among the block's `layers` list is left out)."""
     opts = config[block]
+    wanted = opts.get("layers")
     return [(ds, m) for ds, m in explained_pairs(config)
-            if (opts["models"] is None or m in opts["models"]) and (opts["datasets"] is None or ds in opts["datasets"])]
+            if (opts["models"] is None or m in opts["models"]) and (opts["datasets"] is None or ds in opts["datasets"])
+            and (not isinstance(wanted, list) or set(wanted) & set(config["models"][m]["layers"]))]
 
 
 def method_jobs(config: dict, block: str) -> list[tuple[str, str, str]]:

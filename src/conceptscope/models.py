@@ -332,6 +332,26 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | N
     return model
 
 
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The side a model needs its inputs to have (a ViT's position embeddings fix it), or None."""
+    import sys
+
+    size = getattr(model, "image_size", None)
+    tv = sys.modules.get("torchvision")
+    if isinstance(size, int) and (type(model).__name__ == "ViTSmall" or tv is not None and isinstance(model, tv.models.VisionTransformer)):
+        return size
+    return None
+
+
+def fit_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`images` (N, C, H, W) resized (bilinear) to the model's fixed input size where it has one and
+    they differ (a ViT fed a crop or a jittered s-AMS); otherwise unchanged."""
+    size = fixed_input_size(model)
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+
 def model_from_info(info: dict, seed: int | None = None) -> nn.Module:
     """The architecture a model.json (or a model spec with resolved preprocess) describes, fresh weights."""
     return build_model(info["arch"], info["num_classes"], info["preprocess"]["channels"], seed=seed, options=info.get("arch_options"),

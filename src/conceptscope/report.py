@@ -22,8 +22,8 @@ SUMMARY_COLUMNS = ["model", "clean_twin", "dataset", "method", "measure", "layer
 def shortcut_pairs(models: dict, datasets: dict) -> list[tuple[str, str, str]]:
     """(shortcut model, clean twin, shortcut dataset) for every twin pair in a resolved config.
 
-    A shortcut model is trained on a dataset with a `shortcut`; its clean twins have the same `arch`,
-    a training set without one, and the shortcut dataset among their evaluation datasets.
+    A shortcut model is trained on a dataset with a `shortcut`; its clean twins have the same `arch`
+    and `arch_options`, a training set without one, and the shortcut dataset among their evaluation datasets.
     """
     pairs = []
     for name, spec in models.items():
@@ -33,6 +33,7 @@ def shortcut_pairs(models: dict, datasets: dict) -> list[tuple[str, str, str]]:
         for twin, other in models.items():
             other_train = other.get("train_dataset")
             if (twin != name and other.get("arch") == spec.get("arch") and other_train
+                    and (other.get("arch_options") or {}) == (spec.get("arch_options") or {})
                     and not (datasets.get(other_train) or {}).get("shortcut")
                     and train in (other.get("eval_datasets") or [])):
                 pairs.append((name, twin, train))

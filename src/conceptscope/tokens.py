@@ -86,13 +86,16 @@ class TokenLayout:
         return cls_token, registers, self.to_map(tokens)
 
     def join(self, cls_token, registers, grid_map: torch.Tensor) -> torch.Tensor:
-        """Inverse of split."""
-        prefix = []
+        """Inverse of split. Parts with one image are repeated to the batch of the others: a hook on
+        one view may return a batch of copies of a one-image batch (Ablation-CAM's ablated maps)."""
+        parts = []
         if cls_token is not None:
-            prefix.append(cls_token.unsqueeze(1))
+            parts.append(cls_token.unsqueeze(1))
         if registers is not None:
-            prefix.append(registers.squeeze(2).transpose(1, 2))
-        return torch.cat([*prefix, grid_map.flatten(2).transpose(1, 2)], dim=1)
+            parts.append(registers.squeeze(2).transpose(1, 2))
+        parts.append(grid_map.flatten(2).transpose(1, 2))
+        n = max(len(part) for part in parts)
+        return torch.cat([part.expand(n, -1, -1) if len(part) == 1 else part for part in parts], dim=1)
 
 
 class TokenView(nn.Module):

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..data import WATERMARK_COLUMNS, PreparedDataset
 from ..index import CropIndex
+from ..models import fit_input
 from ..store import CropStore, layer_store_name
 from ..viz import cut_crop, dataset_image
 from .concepts import stitch_crops
@@ -138,7 +139,7 @@ class StitchedCropClassifier:
                 for i in range(0, len(todo), self.batch_size):
                     batch = todo[i : i + self.batch_size]
                     images = torch.stack([self.transform(pool.crop(r, self.size)) for r in batch]).to(device)
-                    known.update(zip(batch, self.model(images).float().argmax(dim=1).tolist()))
+                    known.update(zip(batch, self.model(fit_input(self.model, images)).float().argmax(dim=1).tolist()))
             finally:
                 self.model.train(was_training)
         return np.array([known[int(r)] for r in rows], dtype=np.int64)

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import get_layer
+from ..models import fit_input, get_layer
 from ..utils import atomic_path
 
 # paper Sec. 5.1 / 5.3: EA_s with n = 3 s-AMS per representation and m = 500 optimisation steps
@@ -79,6 +79,7 @@ def representation_outputs(model: nn.Module, layer: str | None, images: torch.Te
     is; `layer=None` means the model's output (logits). The forward pass stops at the layer; a
     module called more than once contributes its first call.
     """
+    images = fit_input(model, images)  # a ViT takes one input size; the random transforms change it
     if layer is None:
         output = model(images)
     else:

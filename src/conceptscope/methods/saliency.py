@@ -19,6 +19,16 @@ the ClusCAM authors' code, and of pytorch-grad-cam's metrics. RISE and occlusion
 not a layer: they take `layer` like the others (so callers switch methods by name), check that it
 names a module when given, and do not use it (`LAYER_FREE_METHODS`).
 
+Vision transformers need nothing of their own here: on a model with a token layout (tokens.py),
+`get_layer` gives a token layer's patch tokens as a map (B, D, h, w) that hooks read, replace and
+differentiate like a conv layer's output (class and register tokens left out of the map). Choose a
+layer whose patch tokens still reach the class token. In a pre-norm ViT the last block's output
+does not: only its class token goes on (through the final LayerNorm) to the head, so the patch
+tokens' gradients and ablations are zero and Grad-CAM's and Ablation-CAM's maps are empty. The CAM
+layer of a ViT is the last block's first LayerNorm, the input of its attention, as pytorch-grad-cam
+recommends (`model.blocks[-1].norm1`): `blocks.3.norm1` in a 4-block vit_small,
+`encoder.layers.encoder_layer_11.ln_1` in torchvision's vit_b_16.
+
 Faithfulness (probabilities are the softmax of the logits for the target class):
 - deletion / insertion AUC (RISE, Petsiuk et al. 2018, Sec. 4.1): remove (insert) pixels in order of
   decreasing saliency in `steps` equal steps; trapezoid area under the probability curve over the
@@ -345,7 +355,10 @@ def ablationcam(model: nn.Module, inputs: torch.Tensor, layer: str, target: Targ
     The layer runs once per image; a forward hook then replaces its output with `batch_size` copies,
     each with one map zeroed, so only the network after the layer is recomputed. This needs a model
     whose later operations broadcast a batch of one (anything the layer's output skips over, such as
-    a residual input, is the same for every copy); the model must return one row per copy.
+    a residual input, is the same for every copy; on a transformer the token adapter repeats the
+    class and register tokens to the copies); the model must return one row per copy. A map is set
+    to 0 as in the paper whatever the layer's range (pytorch-grad-cam uses min - 1e7 for a layer
+    whose minimum is not 0, such as a ViT's LayerNorm).
     """
     inputs, classes = _prepare(model, inputs, target)
     _check_positive(batch_size=batch_size)
