@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..activations import LayerRecorder
 from ..attribution import get_attribution_method, layer_attribution
-from ..models import build_transform
+from ..models import build_transform, fit_input
 from ..utils import float32_array
 
 # Sec. 4.1 / 4.3: four concepts for the penultimate layer; Sec. 4.1 and App. D.1: 500 images.
@@ -471,7 +471,8 @@ def prediction_test(
     probs, predicted = [], []
     try:
         for image in images:  # one at a time: stitched images of different n differ in size
-            logits = model(transform(image).unsqueeze(0).to(device))[0].float()
+            # a model with a fixed input size (ViT) gets the stitched image resized to it
+            logits = model(fit_input(model, transform(image).unsqueeze(0).to(device)))[0].float()
             probs.append(torch.softmax(logits, dim=0).cpu().numpy())
             predicted.append(int(logits.argmax()))
     finally:
