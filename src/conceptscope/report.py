@@ -137,14 +137,18 @@ def _dora(tables: dict) -> pd.DataFrame:
     # where the watermark's detectors stand among the layer's outliers: 1 = the most anomalous, 0 = the least
     flagged = flagged.assign(percentile=1 - (flagged["outlier_rank"] - 1) / (flagged["n_representations"] - 1).clip(lower=1))
     keys = ["model", "dataset", "layer"]
-    flagged = flagged.groupby(keys, as_index=False)["flagged"].mean().merge(flagged.groupby(keys, as_index=False)["percentile"].mean(), on=keys)
+    grouped = flagged.groupby(keys, as_index=False)
+    flagged = grouped["flagged"].mean().merge(grouped["percentile"].mean(), on=keys).merge(
+        grouped["representation"].nunique().rename(columns={"representation": "n"}), on=keys)
     return pd.concat([
         _measure(best, "dora", "best probing AUC of a representation (watermarked vs clean twins)", best["probing_auc"], best["layer"],
                  chance=0.5),
+        # both are means over the top representations of values in [0, 1]: their noise is at most a
+        # binomial share's over that many representations (the detectors rank the same representations)
         _measure(flagged, "dora", "top probing representations flagged as outliers (EA_n layer-wise, all detectors)",
-                 flagged["flagged"], flagged["layer"]),
+                 flagged["flagged"], flagged["layer"], n=flagged["n"]),
         _measure(flagged, "dora", "top probing representations' outlier percentile (1 = most anomalous; EA_n layer-wise, all detectors)",
-                 flagged["percentile"], flagged["layer"], chance=0.5),
+                 flagged["percentile"], flagged["layer"], chance=0.5, n=flagged["n"]),
     ])
 
 
