@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_tiny_config
 
 
 def snakemake(workdir, *args, configfile="config.yaml", env=None):
@@ -36,15 +36,11 @@ def planned_jobs(workdir, configfile="config.yaml") -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
-    config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    config["results"] = "results"
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     # no network at run time: every Python process of the run (Snakemake and each job) loads
     # tests/netblock/sitecustomize.py, which fails and records any connection beyond this machine
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "netblock"), os.environ.get("PYTHONPATH")])),
                CONCEPTSCOPE_NETLOG=str(workdir / "network.log"))
-    # one thread per job, two jobs at a time: most of a tiny job is its single-threaded start-up
-    run = snakemake(workdir, "--cores", "2", "--max-threads", "1", env=env)
+    run, config = run_tiny_config(workdir, "test.yaml", env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir, config
 
@@ -107,8 +103,8 @@ def test_adding_a_model_schedules_only_its_jobs(finished_run):
                        "summarize_cladec": 1}
         # its NAVE segments, class-wide clusters and figure; the baselines list the images of its store
         nave_jobs = {"segment_nave": 1, "segment_baseline": 2, "nave_classwide": 1, "nave_figure": 1, "summarize_nave": 1}
-        # and the report pages of its tables (models 1, concepts 2, ClaDec 6, NAVE 2) and of the shortcut summary
-        assert planned_jobs(workdir) == {**own, **cladec_jobs, **nave_jobs, "render_table_page": 1 + 2 + 6 + 2 + 1}
+        # and the report pages of its tables (models 1, concepts 2, ClaDec 6, NAVE 3) and of the shortcut summary
+        assert planned_jobs(workdir) == {**own, **cladec_jobs, **nave_jobs, "render_table_page": 1 + 2 + 6 + 3 + 1}
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -452,8 +448,10 @@ def test_cluscam_tables_maps_and_figure(finished_run):
         assert model(images).argmax(1).tolist() == stored.target.tolist()
     maps, scores = explain_and_score(model, images, "features.3", "gradcam", torch.tensor(stored.target.to_numpy()),
                                      steps=opts["faithfulness"]["steps"])
+    # the job runs batches of cluscam.batch_size images, this one all at once: float32 convolutions of
+    # other batch shapes differ in the last bits, which the drop of a small probability shows at 1e-5
     for metric in ("deletion_auc", "insertion_auc", "average_drop"):
-        assert scores[metric] == pytest.approx(stored[metric].to_numpy(), abs=1e-5), metric
+        assert scores[metric] == pytest.approx(stored[metric].to_numpy(), abs=1e-4), metric
     # the mass inside the object box, by hand: 28 px digits are not resized, so boxes stay in pixels
     boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
     by_hand = [m[int(np.ceil(y0 - 0.5)):int(np.ceil(y1 - 0.5)), int(np.ceil(x0 - 0.5)):int(np.ceil(x1 - 0.5))].sum() / m.sum()

@@ -4,25 +4,18 @@ rows, read at the token layers' 7x7 patch maps or the class token."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import run_tiny_config
 
 
 @pytest.fixture(scope="module")
 def vit_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vit_pipeline")
-    config = yaml.safe_load((ROOT / "configs" / "test-vit.yaml").read_text())
-    config["results"] = "results"
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "--cores", "2", "--max-threads", "1"]
-    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    run, config = run_tiny_config(workdir, "test-vit.yaml")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir / "results", config
 
