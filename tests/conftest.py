@@ -38,9 +38,10 @@ def _one_compute_thread_per_worker():
         torch.set_num_threads(1)
 
 
-def run_tiny_config(workdir: Path, name: str, env: dict | None = None):
+def run_tiny_config(workdir: Path, name: str, env: dict | None = None, targets: tuple[str, ...] = ()):
     """configs/{name} with results under workdir/results, run by Snakemake in workdir (two one-thread
-    jobs at a time: most of a tiny job is its single-threaded start-up). Returns (the run, the config)."""
+    jobs at a time: most of a tiny job is its single-threaded start-up), for `targets` (paths under
+    results/) or the whole run. Returns (the run, the config)."""
     import subprocess
 
     import yaml
@@ -48,7 +49,8 @@ def run_tiny_config(workdir: Path, name: str, env: dict | None = None):
     config = yaml.safe_load((ROOT / "configs" / name).read_text())
     config["results"] = "results"
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "--cores", "2", "--max-threads", "1"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "--cores", "2", "--max-threads", "1",
+           *(["--", *(f"results/{target}" for target in targets)] if targets else [])]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env), config
 
 
