@@ -69,8 +69,6 @@ def register_twins() -> dict[str, int]:
         info = json.loads(Path(path).read_text())
         options = dict(info.get("arch_options") or {})
         registers = int(options.pop("registers", 0))
-        if info["arch"] != "vit_small" and not registers:
-            continue
         twin_key = json.dumps([info["arch"], options, info.get("train_dataset"), info.get("train"), info.get("weights")], sort_keys=True)
         groups.setdefault(twin_key, {})[model] = registers
     return {m: r for group in groups.values() if len(set(group.values())) > 1 for m, r in group.items()}

@@ -18,8 +18,8 @@ from torch import fx, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import ImageDataset, PreparedDataset
 from . import tokens
+from .data import ImageDataset, PreparedDataset
 from .models import get_layer
 from .tokens import token_layout
 from .store import RowStoreWriter, layer_store_name, provenance

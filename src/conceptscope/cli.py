@@ -153,7 +153,7 @@ def layer_table(arch: str, *, num_classes: int | None = None, channels: int | No
                 return
             row = seen.setdefault(name, {"calls": 0, "nonneg": True})
             is_tokens = layout is not None and layout.is_tokens(output)
-            read = output[:, layout.n_prefix:] if is_tokens else output  # a token layer is read as its patch map
+            read = layout.to_map(output) if is_tokens else output  # a token layer is read as its patch map
             low = float(read.min()) if read.numel() else 0.0
             row.update(calls=row["calls"] + 1, shape=tuple(output.shape[1:]), low=low, check=_fingerprint(output), tensor=output,
                        is_tokens=is_tokens)

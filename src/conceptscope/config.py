@@ -289,6 +289,7 @@ def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) 
     transformer also a token layer's `.cls` / `.registers` view), and a layer that outputs tokens
     (N, T, D) readable as a patch map: T matches the model's token layout (`tokens`)."""
     from .models import unknown_layer
+    from .tokens import TokenLayout
 
     structure = _structure_of(spec, datasets)
     names, layout = structure["names"], structure["layout"]
@@ -304,7 +305,7 @@ def _check_layer_names(spec: dict, datasets: dict, layers: list[str], key: str) 
                 f"config key '{key}': layer {layer!r} outputs tokens {tuple(shape)} (T, D) and the model has no token layout; "
                 f"state it as {model_key}.tokens: {{cls: 1, registers: 0, grid: [h, w]}} (T = cls + registers + h x w)"
             )
-        n_tokens = layout["cls"] + layout["registers"] + layout["grid"][0] * layout["grid"][1]
+        n_tokens = TokenLayout.from_config(layout).n_tokens
         if shape[0] != n_tokens:
             where = f"{model_key}.tokens" if spec.get("tokens") else f"{model_key}.tokens (the architecture's own layout)"
             raise ConfigError(

@@ -333,14 +333,12 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | N
 
 
 def fixed_input_size(model: nn.Module) -> int | None:
-    """The side a model needs its inputs to have (a ViT's position embeddings fix it), or None."""
-    import sys
+    """The side a transformer needs its inputs to have (its position embeddings fix it: vit_small's and
+    torchvision's ViTs' `image_size`), or None."""
+    from .tokens import token_layout
 
     size = getattr(model, "image_size", None)
-    tv = sys.modules.get("torchvision")
-    if isinstance(size, int) and (type(model).__name__ == "ViTSmall" or tv is not None and isinstance(model, tv.models.VisionTransformer)):
-        return size
-    return None
+    return size if token_layout(model) is not None and isinstance(size, int) else None
 
 
 def fit_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

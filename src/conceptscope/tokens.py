@@ -68,16 +68,15 @@ class TokenLayout:
 
     def is_tokens(self, output) -> bool:
         """Whether `output` is a token sequence (N, T, D) of this layout."""
-        return isinstance(output, torch.Tensor) and output.ndim == 3 and output.shape[1] == self.n_tokens
+        return _is_tokens(output, self.n_tokens)
 
     def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens (N, T, D) -> map (N, D, h, w); patch t = y * w + x goes to position (y, x)."""
-        n, _, d = tokens.shape
-        return tokens[:, self.n_prefix:].transpose(1, 2).reshape(n, d, *self.grid)
+        return _patch_map(tokens, self.n_prefix, *self.grid)
 
     def to_tokens(self, grid_map: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Map (N, D, h, w) and prefix tokens (N, n_prefix, D) -> tokens (N, T, D); inverse of to_map."""
-        return torch.cat([prefix, grid_map.flatten(2).transpose(1, 2)], dim=1)
+        return unview(grid_map, prefix)
 
     def split(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """(class token (N, D) or None, registers (N, D, 1, R) or None, patch map (N, D, h, w))."""
@@ -155,34 +154,37 @@ def viewed_layer(model: nn.Module, module: nn.Module, view: str = "grid") -> nn.
         raise ValueError("the model has no token layout")
     if view not in VIEWS:
         raise ValueError(f"unknown token view {view!r}; expected one of {VIEWS}")
-    if getattr(module, "token_views", None) is None or module.token_views.layout != layout:
-        if getattr(module, "token_views", None) is None:
-            module.register_forward_hook(_token_hook)
+    views = getattr(module, "token_views", None)
+    if views is None:
+        module.register_forward_hook(_token_hook)
+    if views is None or views.layout != layout:
         # a plain attribute keeps the views out of named_modules and state_dict
         object.__setattr__(module, "token_views", _Views(layout))
     return getattr(module.token_views, view)
 
 
-# plain functions of plain arguments, for torch.fx graphs (split_at_layer)
+# plain functions of plain arguments: TokenLayout's methods, and torch.fx graphs (split_at_layer)
+
+
+def _is_tokens(output, n_tokens: int) -> bool:
+    return isinstance(output, torch.Tensor) and output.ndim == 3 and output.shape[1] == n_tokens
+
+
+def _patch_map(tokens: torch.Tensor, n_prefix: int, height: int, width: int) -> torch.Tensor:
+    n, _, d = tokens.shape
+    return tokens[:, n_prefix:].transpose(1, 2).reshape(n, d, height, width)
 
 
 def view_map(output, n_prefix: int, n_tokens: int, height: int, width: int):
     """A layer's output as its `grid` view sees it: the patch map of a token sequence, else unchanged."""
-    if isinstance(output, tuple):
-        output = output[0]
-    if isinstance(output, torch.Tensor) and output.ndim == 3 and output.shape[1] == n_tokens:
-        n, _, d = output.shape
-        return output[:, n_prefix:].transpose(1, 2).reshape(n, d, height, width)
-    return output
+    output = output[0] if isinstance(output, tuple) else output
+    return _patch_map(output, n_prefix, height, width) if _is_tokens(output, n_tokens) else output
 
 
 def view_prefix(output, n_prefix: int, n_tokens: int):
     """The tokens before the patch grid (N, n_prefix, D), or None when `output` is not a token sequence."""
-    if isinstance(output, tuple):
-        output = output[0]
-    if isinstance(output, torch.Tensor) and output.ndim == 3 and output.shape[1] == n_tokens:
-        return output[:, :n_prefix]
-    return None
+    output = output[0] if isinstance(output, tuple) else output
+    return output[:, :n_prefix] if _is_tokens(output, n_tokens) else None
 
 
 def unview(grid_map: torch.Tensor, prefix):
