@@ -10,6 +10,7 @@ wildcard_constraints:
 rule train_reconstructor:
     input:
         unpack(lambda w: {"data": dataset_dir(w.dataset), **model_files(w.model)}),
+        unpack(refae_copy_input),
     output:
         reconstructor=cladec_dir("{variant}", "reconstructor.pt"),
         history=cladec_dir("{variant}", "history.csv"),

@@ -1,4 +1,5 @@
 # Shared helpers: result paths, wildcard constraints and input functions.
+import json
 import re
 
 import conceptscope.config
@@ -238,6 +239,32 @@ def cladec_eval_train(model):
     return {**(train if opts.get("recipe", "model") == "model" else {"seed": train["seed"]}), **opts}
 
 
+def refae_owner(dataset, model, layer):
+    """The cladec model whose RefAE of (dataset, layer) this model's is: the first, in config order,
+    trained from the same architecture (arch, options, token layout, preprocessing, classes) on a
+    dataset that differs from this model's at most in its planted shortcut. A RefAE is the
+    architecture built anew at the seed and trained on the same images, so a shortcut net and its
+    clean twin have the same one: it is trained once and copied."""
+
+    def key(name):
+        spec = MODELS[name]
+        train = config["datasets"].get(spec["train_dataset"] or "") if spec["weights"] == "train" else None
+        if train is None:
+            return None
+        same = [spec[k] for k in ("arch", "arch_options", "tokens", "preprocess", "num_classes")]
+        return json.dumps([*same, {k: v for k, v in train.items() if k != "shortcut"}], sort_keys=True, default=str)
+
+    mine = key(model)
+    owners = [m for ds, m, lay in cladec_jobs() if ds == dataset and lay == layer and mine is not None and key(m) == mine]
+    return owners[0] if owners else model
+
+
+def refae_copy_input(w):
+    """The RefAE to copy (rule train_reconstructor), where another model of the run owns it."""
+    owner = refae_owner(w.dataset, w.model, w.layer) if w.variant == "refae" else w.model
+    return {"shared": result("cladec", w.dataset, owner, w.layer, "refae", "reconstructor.pt")} if owner != w.model else {}
+
+
 def cladec_dir(*parts):
     return result("cladec", "{dataset}", "{model}", "{layer}", *parts)
 
@@ -359,7 +386,7 @@ def dora_dir(*parts):
 
 def dora_analysis_inputs(w):
     inputs = {"representations": dora_dir("representations.npz"), "distances": dora_dir("distances.npz")}
-    if config["dora"]["sams"]["enabled"]:
+    if conceptscope.config.dora_sams_enabled(config, w.model):
         inputs["sams"] = dora_dir("sams.npz")
     return {key: path.format(**dict(w.items())) for key, path in inputs.items()}
 

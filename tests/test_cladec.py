@@ -129,6 +129,40 @@ def test_cladec_learns_to_reconstruct_from_a_frozen_layer_and_refae_trains_its_e
     assert mean_reconstruction_error(reference, digits_loader) < 0.5 * mean_image_error
 
 
+def test_refae_starts_from_the_architecture_not_from_the_classifiers_training(digits_loader):
+    """The RefAE's encoder is the architecture freshly initialised: nothing of the trained classifier
+    survives. A ViT's class token and position embedding belong to no module with reset_parameters,
+    so re-initialising a copy is refused by name; built anew at the seed, two differently trained
+    classifiers of one architecture get the same RefAE."""
+    from conceptscope.methods.cladec import reinitialised_copy
+
+    trained = []
+    for seed in (1, 2):
+        vit = build_model("vit_small", 10, 1, seed=seed, options={"depth": 1, "dim": 16, "heads": 2})
+        with torch.no_grad():
+            vit.pos_embed.add_(1.0)  # "trained": far from any initialisation
+        trained.append(vit.eval())
+    with pytest.raises(ValueError, match=r"\['cls_token', 'pos_embed'\]"):
+        reinitialised_copy(trained[0], 0)
+    with pytest.raises(ValueError, match="pos_embed"):
+        RefAE(epochs=1, seed=0, progress=False).fit(trained[0], "blocks.0", digits_loader)
+    encoders = []
+    for vit in trained:
+        fresh = build_model("vit_small", 10, 1, seed=0, options={"depth": 1, "dim": 16, "heads": 2}).eval()
+        start = fresh.pos_embed.detach().clone()
+        reference = RefAE(epochs=1, seed=0, progress=False).fit(vit, "blocks.0", digits_loader, fresh_model=fresh)
+        assert (start - vit.pos_embed.detach()).abs().min() > 0.5  # not the classifier's
+        encoders.append({k: v.detach().clone() for k, v in reference.encoder_.state_dict().items()})
+    assert encoders[0].keys() == encoders[1].keys() and all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
+    # a CNN's copy is re-initialised whole: every conv and batch-norm parameter reset, none kept
+    resnet = build_model("resnet_small", 10, 1, seed=1)
+    with torch.no_grad():
+        for param in resnet.parameters():
+            param.add_(1.0)
+    copy_ = reinitialised_copy(resnet, 0)
+    assert all((a - b).abs().max() > 0.5 for a, b in zip(copy_.parameters(), resnet.parameters()))
+
+
 @pytest.fixture(scope="module")
 def trained_resnet(shortcut_digits):
     """A ResNet trained on the digits (10 epochs), its ClaDec and RefAE at layer3 (20 epochs each), and the training loader."""

@@ -29,6 +29,20 @@ def test_default_config_resolves_with_defaults_filled():
     assert config["predict"]["top_k"] == 5
 
 
+def test_register_config_trains_the_default_runs_clean_vit_and_its_register_twin():
+    """configs/vit-registers.yaml resolves, its `vit_clean` is the default run's model (same arch,
+    options, data and training: the same weights), and the twin differs only in its registers."""
+    registers = resolve_config(yaml.safe_load((ROOT / "configs" / "vit-registers.yaml").read_text()), base_dir=ROOT)
+    default = resolve_config(default_config(), base_dir=ROOT)
+    same = ("arch", "arch_options", "train_dataset", "train", "preprocess")
+    assert {k: registers["models"]["vit_clean"][k] for k in same} == {k: default["models"]["vit_clean"][k] for k in same}
+    assert registers["seed"] == default["seed"] and registers["datasets"]["digits"] == default["datasets"]["digits"]
+    twin = registers["models"]["vit_clean_reg4"]
+    assert twin["arch_options"] == {**registers["models"]["vit_clean"]["arch_options"], "registers": 4}
+    assert {k: twin[k] for k in same if k != "arch_options"} == {k: registers["models"]["vit_clean"][k] for k in same if k != "arch_options"}
+    assert registers["nave"]["models"] == ["vit_clean", "vit_clean_reg4"]
+
+
 def test_every_schema_key_has_description_and_default():
     schema = load_schema()
 
@@ -162,6 +176,8 @@ def _error(raw: dict, base=ROOT) -> str:
         (lambda c: c["cluscam"].update(cluscam={"n_clusters": 200}), ["cluscam.cluscam.n_clusters", "K=200", "128 feature maps", "'layer3'"]),
         (lambda c: c["cluscam"].update(sweep={"n_clusters": [2, 500]}), ["cluscam.sweep.n_clusters", "K=500", "K <= 128"]),
         (lambda c: c["dora"]["sams"].update(max_representations=2), ["dora.sams.max_representations", ">= 3"]),
+        (lambda c: c["dora"]["sams"].update(models=["resnet_shortcut", "vgg_clean"]), ["dora.sams.models", "['vgg_clean']", "not DORA models", "mobilenet_v2"]),
+        (lambda c: c["dora"].update(atlas={"distance": "ea_s_pairwise"}), ["dora.atlas.distance", "s-AMS of every DORA model", "dora.sams.models: null"]),
         (lambda c: c.update(threads=0), ["'threads'", ">= 1"]),
         # DORA's known anomalies are class names of the dataset (checked against its label space, not prepared)
         (lambda c: c["dora"].update(anomaly_classes={"photos": ["dalmatian", "bull mastif"]}),

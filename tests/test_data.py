@@ -68,6 +68,24 @@ def test_shortcut_is_planted_on_the_class_only_and_on_every_watermarked_test_ima
     assert clean_row.wm_x0 == -1
 
 
+def test_row_is_the_manifest_row_by_image_id(shortcut_digits):
+    """row(image_id) is the namedtuple itertuples gives for that image: same fields, values and
+    Python types, for every image, and for ids that are not their manifest position."""
+    data = shortcut_digits
+    manifest = data.manifest
+    for position, expected in enumerate(manifest.itertuples(index=False)):
+        got = data.row(expected.image_id)
+        assert got._fields == expected._fields
+        assert [type(v) for v in got] == [type(v) for v in expected] and tuple(got) == tuple(expected), position
+    # ids not in manifest order: found by value, not by position
+    reversed_data = PreparedDataset(data.path)
+    reversed_data.manifest = manifest.iloc[::-1].reset_index(drop=True)
+    last = next(manifest.iloc[-1:].itertuples(index=False))
+    assert reversed_data.row(last.image_id) == last and reversed_data.row(0).image_id == 0
+    with pytest.raises(KeyError, match="image_id 99999"):
+        reversed_data.row(99999)
+
+
 def test_shortcut_fraction_stamps_that_share(tmp_path):
     data = _prepare(tmp_path, digits_spec(shortcut={"class": 5, "fraction": 0.5, "pattern": "square", "size": 4}))
     train = data.split("train")

@@ -160,6 +160,13 @@ def test_a_pool_cuts_each_crop_from_its_image_decoding_each_image_once(real_crop
     # least recently used out: the third image evicts none, the fourth the second, the fifth the third
     assert decoded == [ids[i] for i in (0, 2, 5, 6, 8, 9)]
     assert list(pool._images) == ids[7:]
+    # boxes come from whole chunks of the store kept in a small cache: every row's box is the store's,
+    # across chunk boundaries and after evictions
+    pool.BOX_BLOCKS = 2
+    boxes = store["box"][:]
+    for row in [*range(len(store)), 0, len(store) - 1, 70]:
+        np.testing.assert_array_equal(pool.box(row), boxes[row])
+    assert len(pool._box_blocks) == 2
 
 
 def test_pq_with_refinement_respects_filters_and_reranks_near_exactly(real_crops):

@@ -633,6 +633,13 @@ def dora_layers(config: dict, model: str) -> list[str]:
     return list(config["dora"]["layers"].get(model, ["logits"]))
 
 
+def dora_sams_enabled(config: dict, model: str) -> bool:
+    """Whether DORA generates s-AMS (and EA_s) for a model's layers: `dora.sams.enabled` and the
+    model among `dora.sams.models` (null: every DORA model)."""
+    sams = config["dora"]["sams"]
+    return bool(sams["enabled"]) and (sams["models"] is None or model in sams["models"])
+
+
 def _check_class_names(key: str, names: list[str], name: str, spec: dict) -> None:
     """Each of `names` a class name of the dataset spec (with the closest names where one is not)."""
     import difflib
@@ -663,8 +670,15 @@ def _check_dora(config: dict) -> None:
             f"config key 'dora.max_images': {opts['max_images']} images cannot hold n={opts['n']} n-AMS blocks of d={opts['d']} "
             f"images ({opts['n'] * opts['d']} needed); raise it or lower dora.n / dora.d"
         )
-    if opts["atlas"]["distance"].startswith("ea_s") and not opts["sams"]["enabled"]:
-        raise ConfigError(f"config key 'dora.atlas.distance': {opts['atlas']['distance']!r} needs s-AMS; set dora.sams.enabled: true or pick a data-aware distance")
+    sams_models = opts["sams"]["models"]
+    if sams_models is not None:
+        dora_models = sorted({model for _, model in dora_pairs(config)})
+        unknown = [m for m in sams_models if m not in dora_models]
+        if unknown:
+            raise ConfigError(f"config key 'dora.sams.models': {unknown} are not DORA models; expected some of {dora_models}")
+    if opts["atlas"]["distance"].startswith("ea_s") and not all(dora_sams_enabled(config, m) for _, m in dora_pairs(config)):
+        raise ConfigError(f"config key 'dora.atlas.distance': {opts['atlas']['distance']!r} needs s-AMS of every DORA model; "
+                          "set dora.sams.enabled: true (and dora.sams.models: null) or pick a data-aware distance")
     _check_dora_layers(config)
 
 

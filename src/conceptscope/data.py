@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import io
 import json
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -572,6 +573,7 @@ class PreparedDataset:
         self.manifest = pd.read_parquet(manifest)
         self.meta = json.loads((self.path / "meta.json").read_text())
         self._array = None
+        self._columns = None  # row(): the manifest's columns as arrays, read on first use
         shortcut = self.meta.get("shortcut")
         self._pattern = watermark_pattern(shortcut["pattern"], shortcut["size"]) if shortcut else None
 
@@ -592,15 +594,22 @@ class PreparedDataset:
         return self.manifest[self.manifest["split"].isin(split_names(split))]
 
     def row(self, image_id: int):
-        """The manifest row (a namedtuple) of one image id."""
-        ids = self.manifest["image_id"].to_numpy()
+        """The manifest row of one image id: the namedtuple `manifest.itertuples(index=False)` gives.
+
+        Built from the manifest's columns as NumPy arrays, read once: a figure or a crop search asks
+        for thousands of rows, and slicing the frame for each costs milliseconds."""
+        if self._columns is None:
+            self._row_type = namedtuple("Pandas", self.manifest.columns, rename=True)
+            self._columns = [self.manifest[name].to_numpy() for name in self.manifest.columns]
+        ids = self._columns[self.manifest.columns.get_loc("image_id")]
         position = int(image_id)
         if not (0 <= position < len(ids) and ids[position] == position):  # ids are 0..N-1 in manifest order
             found = np.flatnonzero(ids == image_id)
             if not len(found):
                 raise KeyError(f"image_id {image_id} is not in dataset {self.path}")
             position = int(found[0])
-        return next(self.manifest.iloc[position : position + 1].itertuples(index=False))
+        values = (column[position] for column in self._columns)
+        return self._row_type(*(value.item() if isinstance(value, np.generic) else value for value in values))
 
     def _images_array(self) -> np.ndarray:
         if self._array is None:

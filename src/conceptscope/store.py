@@ -169,15 +169,18 @@ class RowStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.group = open_complete(self.path)
+        self._arrays: dict[str, zarr.Array] = {}  # opened once: a group lookup costs about a millisecond
 
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
 
     def __getitem__(self, name: str) -> zarr.Array:
-        if name not in self.group:
-            raise StoreError(f"store {self.path} has no array {name!r}; it has {sorted(self.group.array_keys())}")
-        return self.group[name]
+        if name not in self._arrays:
+            if name not in self.group:
+                raise StoreError(f"store {self.path} has no array {name!r}; it has {sorted(self.group.array_keys())}")
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def __len__(self) -> int:
         return int(self.group.attrs["n_rows"])

@@ -165,6 +165,22 @@ class _Reconstructor:
         self.decoder_ = Decoder(self.code_shape_, self.image_shape_).to(device)
 
 
+def copy_reconstructor(source, path, history, **meta) -> None:
+    """Copy a saved reconstructor to `path` with `meta` entries replaced (and `copied_from` the source),
+    and write its loss per epoch to `history` (CSV: epoch, loss); both atomic."""
+    import pandas as pd
+
+    from ..utils import atomic_path
+
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["meta"] = {**state.get("meta", {}), **meta, "copied_from": str(source)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    losses = state["loss_history"]
+    with atomic_path(history) as tmp:
+        pd.DataFrame({"epoch": range(1, len(losses) + 1), "loss": losses}).to_csv(tmp, index=False)
+
+
 def load_reconstructor(path, model: nn.Module, device: torch.device | str = "cpu") -> "ClaDec | RefAE":
     """A saved ClaDec or RefAE, rebuilt on `model`'s architecture (its weights are replaced by the saved
     encoder's, so a RefAE or an untrained-classifier ClaDec loads onto the explained model too)."""
@@ -243,6 +259,30 @@ class ClaDec(_Reconstructor):
         return self
 
 
+def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A deep copy of `model` with every parameter re-initialised (seeded) by its module's
+    `reset_parameters` (or `_reset_parameters`, as nn.MultiheadAttention names it).
+
+    Raises ValueError naming the parameters whose module has neither: a copy would keep their trained
+    values, so it would not be an untrained model of the architecture.
+    """
+    torch.manual_seed(seed)
+    fresh = copy.deepcopy(model)
+    kept = []
+    for name, module in fresh.named_modules():
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if reset is not None:
+            reset()
+        elif module._parameters:
+            kept += [f"{name}.{key}" if name else key for key, value in module._parameters.items() if value is not None]
+    covered = {id(p) for m in fresh.modules() if hasattr(m, "reset_parameters") or hasattr(m, "_reset_parameters") for p in m.parameters()}
+    kept = [name for name in kept if id(fresh.get_parameter(name)) not in covered]
+    if kept:
+        raise ValueError(f"cannot re-initialise {type(model).__name__} by copying it: parameter(s) {kept} belong to modules without "
+                         "reset_parameters and would keep their trained values; pass fresh_model (the architecture built anew)")
+    return fresh
+
+
 class RefAE(_Reconstructor):
     """The reference auto-encoder: the classifier's architecture up to `layer`, freshly initialised,
     and the same decoder, trained jointly for reconstruction only (Sec. 3).
@@ -251,14 +291,12 @@ class RefAE(_Reconstructor):
     """
 
     def fit(self, model: nn.Module, layer: str, loader: Iterable, image_shape: Sequence[int] | None = None, fresh_model: nn.Module | None = None) -> "RefAE":
-        """`fresh_model`: an untrained model of the classifier's architecture (default: a deep copy of
-        `model` with every parameter re-initialised by its module's reset_parameters)."""
+        """`fresh_model`: an untrained model of the classifier's architecture, e.g. the architecture
+        built anew at a seed (the pipeline's choice). Default: a deep copy of `model` with every
+        module re-initialised by its reset_parameters; refused where a parameter's module has none
+        (a ViT's class token and position embedding), as the copy would keep the trained values."""
         if fresh_model is None:
-            torch.manual_seed(self.seed)
-            fresh_model = copy.deepcopy(model)
-            for module in fresh_model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+            fresh_model = reinitialised_copy(model, self.seed)
         split = split_at_layer(fresh_model, layer)
         if split is None:
             raise ValueError(f"cannot cut the model at {layer!r} with torch.fx; RefAE needs the architecture up to the layer")

@@ -60,6 +60,9 @@ class CropPool:
     # costs more than cutting and resizing a crop
     _images: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
     IMAGE_CACHE = 64
+    # the last blocks of crop boxes read (one Zarr chunk each): reading one row decodes its whole chunk
+    _box_blocks: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    BOX_BLOCKS = 16
 
     @classmethod
     def open(cls, name: str, data_dir, crops_dir, index_path, predictions, layer: str) -> "CropPool":
@@ -91,7 +94,20 @@ class CropPool:
             if len(self._images) >= self.IMAGE_CACHE:
                 self._images.popitem(last=False)
         self._images[image_id] = image  # most recently used last
-        return cut_crop(image, self.store["box"][row], size)
+        return cut_crop(image, self.box(row), size)
+
+    def box(self, row: int) -> np.ndarray:
+        """(4,) the crop box (x0, y0, x1, y1, original pixels) of crop-store row `row`."""
+        boxes = self.store["box"]
+        size = boxes.chunks[0]
+        start = int(row) // size * size
+        block = self._box_blocks.pop(start, None)
+        if block is None:
+            block = boxes[start : start + size]
+            while len(self._box_blocks) >= max(1, self.BOX_BLOCKS):
+                self._box_blocks.popitem(last=False)
+        self._box_blocks[start] = block  # most recently used last
+        return block[int(row) - start]
 
     def watermarks(self, image_ids: np.ndarray) -> np.ndarray:
         """(k, 4) recorded watermark boxes of the images (-1 where none)."""
