@@ -290,3 +290,53 @@ def test_cladec_relevance_follows_the_strokes_of_the_digit(digits_loader):
     targets, reconstructions = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
     reconstructions[1, 0, :2, :2] = 3.0
     assert box_errors(reconstructions, targets, np.array([[0, 0, 2, 2], [0, 0, 2, 2]]), std=[0.5]).tolist() == [0.25, 2.25]
+
+
+def test_twins_share_one_refae_and_other_archs_train_their_own(tmp_path):
+    """Rule train_reconstructor: a shortcut net and its clean twin (same architecture, training sets
+    that differ only in the shortcut) share one RefAE, trained for the first and copied for the
+    other; a model of another architecture, or one trained on other data, trains its own (the dry
+    run's job inputs)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    config["models"]["vgg_clean"] = {**config["models"]["vgg_shortcut"], "train_dataset": "digits", "eval_datasets": ["digits_shortcut"]}
+    config["models"]["vgg_small_data"] = {**config["models"]["vgg_clean"], "train_dataset": "digits_small"}
+    config["datasets"]["digits_small"] = {"kind": "digits", "max_per_class": 6}
+    config["cladec"]["models"] = ["vgg_shortcut", "vgg_clean", "vgg_small_data", "resnet_clean"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "-n"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    inputs = {}  # RefAE job's model -> its input line
+    for block in run.stdout.split("rule train_reconstructor:")[1:]:
+        lines = dict(line.strip().split(": ", 1) for line in block.splitlines()[:3] if ": " in line)
+        if "/refae/" in lines.get("output", ""):
+            inputs[lines["output"].split("/")[3]] = lines["input"]
+    assert sorted(inputs) == ["resnet_clean", "vgg_clean", "vgg_shortcut", "vgg_small_data"]
+    # the first of the twins in the run's model order trains it (the safe-dumped config lists vgg_clean first)
+    assert "results-test/cladec/digits_shortcut/vgg_clean/features.7/refae/reconstructor.pt" in inputs["vgg_shortcut"]
+    assert all("reconstructor.pt" not in inputs[m] for m in ("vgg_clean", "vgg_small_data", "resnet_clean"))
+
+
+def test_a_copied_reconstructor_is_the_same_reconstructor_with_its_own_meta(tmp_path, digits_loader):
+    from conceptscope.methods.cladec import copy_reconstructor, load_reconstructor
+
+    model = build_model("vgg_small", 10, 1, seed=0).eval()
+    reference = RefAE(epochs=1, seed=0, progress=False).fit(model, "features.7", digits_loader, fresh_model=build_model("vgg_small", 10, 1, seed=0))
+    reference.save(tmp_path / "a.pt", model="vgg_shortcut", seconds=3.0)
+    copy_reconstructor(tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "history.csv", model="vgg_clean")
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("a.pt", "b.pt"))
+    assert b["meta"] == {"model": "vgg_clean", "seconds": 3.0, "copied_from": str(tmp_path / "a.pt")}
+    for part in ("encoder", "decoder"):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    images = next(iter(digits_loader))[0]
+    loaded = load_reconstructor(tmp_path / "b.pt", build_model("vgg_small", 10, 1, seed=5))
+    assert torch.equal(loaded.reconstruct(images), reference.reconstruct(images))
+    history = np.loadtxt(tmp_path / "history.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert history[:, 0].tolist() == [1.0] and history[:, 1].tolist() == pytest.approx(reference.loss_history_)
