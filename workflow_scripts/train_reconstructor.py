@@ -18,6 +18,10 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup(sm)
 
 
+def write_history(losses):
+    pd.DataFrame({"epoch": range(1, len(losses) + 1), "loss": losses}).to_csv(sm.output.history, index=False)
+
+
 def train():
     """Train the job's reconstructor and write it with its loss history."""
     spec, opts, seed = sm.params.variant, sm.params.training, sm.params.seed
@@ -40,11 +44,11 @@ def train():
     log.info("trained in %.1f s; loss per epoch %s", elapsed, ", ".join(f"{v:.4g}" for v in reconstructor.loss_history_))
     reconstructor.save(sm.output.reconstructor, dataset=sm.wildcards.dataset, model=sm.wildcards.model, variant=sm.wildcards.variant,
                        n_train=len(rows), seconds=elapsed, device=str(device), untrained=spec["untrained"])
-    pd.DataFrame({"epoch": range(1, len(reconstructor.loss_history_) + 1), "loss": reconstructor.loss_history_}).to_csv(sm.output.history, index=False)
+    write_history(reconstructor.loss_history_)
 
 
 if "shared" in sm.input.keys():  # a twin's RefAE (rules/common.smk: refae_owner): the same training, done once
-    copy_reconstructor(sm.input.shared, sm.output.reconstructor, sm.output.history, model=sm.wildcards.model)
+    write_history(copy_reconstructor(sm.input.shared, sm.output.reconstructor, model=sm.wildcards.model))
     log.info("RefAE of %s: the one trained for %s (same architecture, seed and images)", sm.wildcards.model, sm.input.shared)
 else:
     train()

@@ -165,20 +165,16 @@ class _Reconstructor:
         self.decoder_ = Decoder(self.code_shape_, self.image_shape_).to(device)
 
 
-def copy_reconstructor(source, path, history, **meta) -> None:
-    """Copy a saved reconstructor to `path` with `meta` entries replaced (and `copied_from` the source),
-    and write its loss per epoch to `history` (CSV: epoch, loss); both atomic."""
-    import pandas as pd
-
+def copy_reconstructor(source, path, **meta) -> list[float]:
+    """Copy a saved reconstructor to `path` (atomic) with `meta` entries replaced (and `copied_from`
+    the source); returns its loss per epoch."""
     from ..utils import atomic_path
 
     state = torch.load(source, map_location="cpu", weights_only=True)
     state["meta"] = {**state.get("meta", {}), **meta, "copied_from": str(source)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    losses = state["loss_history"]
-    with atomic_path(history) as tmp:
-        pd.DataFrame({"epoch": range(1, len(losses) + 1), "loss": losses}).to_csv(tmp, index=False)
+    return list(state["loss_history"])
 
 
 def load_reconstructor(path, model: nn.Module, device: torch.device | str = "cpu") -> "ClaDec | RefAE":
