@@ -186,3 +186,76 @@ def test_pq_with_refinement_respects_filters_and_reranks_near_exactly(real_crops
     np.testing.assert_allclose(scores, ref_scores, atol=0.02)
     with pytest.raises(ValueError, match="pq_m = 48 must divide"):
         build_crop_index(store, IndexParams(type="ivf_pq_refine", pq_m=48, nlist=8), progress=False)
+
+
+@pytest.fixture(scope="module")
+def sharded_crops(real_crops, tmp_path_factory):
+    """The same crops written sharded in 4-row inner chunks: uncompressed and zstd."""
+    data = real_crops[0]
+    model = build_model("mobilenet_v2", 1000, 3)
+    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    rows = select_images(data.split("test"))
+    stores = {}
+    for compression in ("none", "zstd"):
+        out = tmp_path_factory.mktemp(f"sharded-{compression}")
+        paths = extract_crop_vectors(model.eval(), data, rows, ["features.18"], resolve_preprocess("mobilenet_v2", {}), out / "crops", mode="cells", grids=[2, 3, 4], chunk_rows=100, compression=compression, inner_rows=4, progress=False)
+        stores[compression] = CropStore(paths["features.18"])
+    return stores
+
+
+def test_sharded_store_reads_single_rows_by_byte_range(real_crops, sharded_crops):
+    _, plain, _ = real_crops
+    expected = plain.vectors[:]
+    rows = np.random.default_rng(0).choice(len(expected), 60)  # unordered, with repeats
+    assert not plain.vector_reader.fast
+    np.testing.assert_array_equal(plain.vector_reader.read(rows), expected[rows])
+    for store in sharded_crops.values():
+        assert store.vectors.shards == (100, 1280) and store.vectors.chunks == (4, 1280)
+        assert store.vector_reader.fast
+        np.testing.assert_array_equal(store.vector_reader.read(rows), expected[rows])
+        np.testing.assert_array_equal(store.vector_reader.read_range(90, 725), expected[90:])  # the last shard is partial
+        np.testing.assert_array_equal(store.vectors[:], expected)  # Zarr reads what the byte ranges give
+    with pytest.raises(IndexError, match="below 725"):
+        sharded_crops["none"].vector_reader.read(np.array([725]))
+
+
+def test_rerank_index_scores_its_results_exactly_from_the_store(sharded_crops):
+    store = sharded_crops["none"]
+    vectors, queries = _queries(store)
+    image_ids = store.image_ids
+    excluded = np.isin(image_ids, np.unique(image_ids)[:5])
+    params = IndexParams(type="ivf_pq_rerank", nlist=8, nprobe=8, pq_m=64, refine_k_factor=100, exact_k_factor=2, train_size=700)
+    index = build_crop_index(store, params, progress=False)
+    approximate = CropIndex(index, image_ids, params).search(queries, m=8, exclude_rows=excluded, one_per_image=True)
+    exact = CropIndex(index, image_ids, params, store.vector_reader.read).search(queries, m=8, exclude_rows=excluded, one_per_image=True)
+    allowed = np.flatnonzero(~excluded)
+    # the exact one-per-image top 8 over the admissible crops
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (vectors[allowed] / np.linalg.norm(vectors[allowed], axis=1, keepdims=True)).T
+    for q, (scores, rows) in enumerate(zip(*exact)):
+        assert not excluded[rows].any() and len(set(image_ids[rows])) == 8
+        np.testing.assert_allclose(scores, sims[q, np.searchsorted(allowed, rows)], rtol=0, atol=1e-5)  # exact scores
+        order = allowed[np.argsort(-sims[q], kind="stable")]
+        _, first = np.unique(image_ids[order], return_index=True)
+        best = order[np.sort(first)][:8]
+        assert len(set(rows) & set(best)) >= 7
+    # without the exact stage the scores are the 4-bit codes' approximations
+    assert np.abs(approximate[0] - exact[0]).max() > 1e-3
+    # a saved rerank index reopens with its store's vectors for the exact stage
+    path = store.path.parent / "rerank.faiss"
+    save_index(index, path, index_info(index, params, store))
+    reopened = CropIndex.open(path, store)
+    assert reopened.exact_rows is not None
+    np.testing.assert_array_equal(reopened.search(queries, m=8, exclude_rows=excluded, one_per_image=True)[1], exact[1])
+
+
+def test_auto_shards_exactly_the_stores_that_get_a_rerank_index():
+    from conceptscope.config import ConfigError
+    from conceptscope.index import store_inner_rows
+
+    assert choose_type(IndexParams(), 11_500_000) == "ivf_pq_rerank"
+    assert store_inner_rows("auto", 11_500_000, IndexParams()) == 16
+    assert store_inner_rows("auto", 199_999, IndexParams()) is None
+    assert store_inner_rows("auto", 11_500_000, IndexParams(type="hnsw")) is None
+    assert store_inner_rows(8, 10, IndexParams()) == 8
+    with pytest.raises(ConfigError, match="crops.inner_rows"):
+        resolve_config({"crops": {"inner_rows": 7, "chunk_rows": 100}})

@@ -5,6 +5,7 @@ from pathlib import Path
 from _common import setup, selected_rows
 from conceptscope.crops import extract_crop_vectors
 from conceptscope.data import PreparedDataset
+from conceptscope.index import IndexParams, store_inner_rows
 from conceptscope.models import load_model
 from conceptscope.utils import resolve_device
 
@@ -28,6 +29,8 @@ extract_crop_vectors(
     dtype=opts["dtype"],
     batch_size=opts["batch_size"],
     chunk_rows=opts["chunk_rows"],
+    compression=opts["compression"],
+    inner_rows=store_inner_rows(opts["inner_rows"], len(rows) * sum(g * g for g in opts["grids"]), IndexParams(**sm.params.index)),
     device=device,
     attrs={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model, "selection": opts["selection"]},
 )

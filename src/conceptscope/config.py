@@ -405,6 +405,9 @@ def _check_concepts(config: dict) -> None:
     for name in config["crops"]["dataset_modes"]:
         if name not in config["datasets"]:
             raise ConfigError(f"config key 'crops.dataset_modes.{name}': unknown dataset {name!r}; datasets are {sorted(config['datasets'])}")
+    inner, chunk = config["crops"]["inner_rows"], config["crops"]["chunk_rows"]
+    if isinstance(inner, int) and chunk % inner:
+        raise ConfigError(f"config key 'crops.inner_rows': expected a divisor of crops.chunk_rows = {chunk}, got {inner}")
     if not _check_method(config, "concepts"):
         return
     splits = config["predict"]["splits"]

@@ -163,6 +163,7 @@ def extract_crop_vectors(
     chunk_rows: int = 4096,
     compression: str = "zstd",
     compression_level: int = 1,
+    inner_rows: int | None = None,
     device: torch.device | str = "cpu",
     attrs: dict | None = None,
     progress: bool = True,
@@ -170,6 +171,8 @@ def extract_crop_vectors(
     """Crop vectors of every image in `rows` at every layer -> `out_dir/{layer}.zarr` (atomic).
 
     Memory is bounded by one batch and one chunk per layer, not by the number of images.
+    `inner_rows`: the vectors are written sharded, in inner chunks of that many rows, so that
+    single crops read cheaply (`conceptscope.store.RowReader`; see `crop_inner_rows`).
     """
     if mode not in CROP_MODES:
         raise ValueError(f"unknown crop mode {mode!r}; expected one of {CROP_MODES}")
@@ -185,6 +188,8 @@ def extract_crop_vectors(
     image_ids = rows["image_id"].to_numpy().astype(np.int64)
     widths, heights = rows["width"].to_numpy(), rows["height"].to_numpy()
     store_kw = dict(chunk_rows=chunk_rows, dtypes={"vectors": dtype}, compression=compression, compression_level=compression_level)
+    if inner_rows:
+        store_kw["inner_rows"] = {"vectors": inner_rows}
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)

@@ -10,7 +10,11 @@ similarity is the inner product. Index types (one registry, chosen by config or 
     ivf_sq8   inverted lists, 8-bit scalar-quantised vectors (4x smaller, near-exact distances)
     ivf_pq    inverted lists, product-quantised codes (`pq_m` bytes per vector)
     ivf_pq_refine  ivf_pq codes scanned, the best `refine_k_factor` * m re-ranked with 8-bit codes
-              of the full vectors (the default above `exact_below`: fast scans, near-exact ranking)
+              of the full vectors (near-exact ranking, but 8 bits a dimension held in RAM)
+    ivf_pq_rerank  ivf_pq codes scanned, the best re-ranked with compact `rerank_codes` in RAM
+              (4 bits a dimension by default), the best `exact_k_factor` * m of those re-ranked
+              exactly with their vectors read back from the crop store (the default above
+              `exact_below`: RAM grows by pq_m + dim / 2 + 8 bytes a vector, the ranking is exact)
     hnsw      graph index over full vectors
 
     index = build_crop_index(open_crops("results", "imagenette", "mobilenet_v2", "features.18"))
@@ -23,7 +27,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 from .store import CropStore
 from .utils import atomic_path, write_json
 
-INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine", "ivf_pq_rerank", "hnsw")
 
 
 @dataclass
@@ -45,6 +49,8 @@ class IndexParams:
     nprobe: int = 64
     pq_m: int = 64
     refine_k_factor: int = 128
+    rerank_codes: str = "SQ4"
+    exact_k_factor: int = 2
     hnsw_m: int = 32
     coarse: str = "auto"
     ef_search: int = 128
@@ -59,10 +65,18 @@ class IndexParams:
 
 
 def choose_type(params: IndexParams, n: int) -> str:
-    """`auto`: exact below `exact_below` vectors, IVF-PQ with 8-bit re-ranking above."""
+    """`auto`: exact below `exact_below` vectors, IVF-PQ with exact re-ranking from the store above."""
     if params.type != "auto":
         return params.type
-    return "flat" if n < params.exact_below else "ivf_pq_refine"
+    return "flat" if n < params.exact_below else "ivf_pq_rerank"
+
+
+def store_inner_rows(setting: int | str | None, n_rows: int, params: IndexParams) -> int | None:
+    """The crop store's inner-chunk rows (`crops.inner_rows`): `auto` shards the vectors in 16-row
+    inner chunks exactly where their index re-ranks candidates read back from the store."""
+    if setting != "auto":
+        return setting
+    return 16 if choose_type(params, n_rows) == "ivf_pq_rerank" else None
 
 
 def default_nlist(n: int) -> int:
@@ -88,6 +102,7 @@ def factory_string(kind: str, n: int, params: IndexParams) -> str:
         "ivf_sq8": f"{ivf},SQ8",
         "ivf_pq": f"{ivf},PQ{params.pq_m}",
         "ivf_pq_refine": f"{ivf},PQ{params.pq_m},Refine(SQ8)",
+        "ivf_pq_rerank": f"{ivf},PQ{params.pq_m},Refine({params.rerank_codes})",
         "hnsw": f"HNSW{params.hnsw_m},Flat",
     }[kind]
 
@@ -100,16 +115,21 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _chunks(store: CropStore) -> Iterable[tuple[int, np.ndarray]]:
-    vectors = store.vectors
-    step = vectors.chunks[0]
-    for start in range(0, vectors.shape[0], step):
-        yield start, vectors[start : start + step]
+    step = store.vectors.shards[0] if store.vectors.shards else store.vectors.chunks[0]
+    for start in range(0, store.vectors.shape[0], step):
+        yield start, store.vector_reader.read_range(start, start + step)
 
 
 def _training_sample(store: CropStore, size: int, seed: int, progress: bool = False) -> np.ndarray:
-    """A seeded uniform sample of rows, read chunk by chunk (memory: the sample plus one chunk)."""
+    """A seeded uniform sample of rows (memory: the sample plus one chunk).
+
+    A sharded store gives the rows directly by byte range; otherwise they are picked from a pass
+    over the chunks, since Zarr decodes a whole chunk for any row of it.
+    """
     n = store.vectors.shape[0]
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    if store.vector_reader.fast:
+        return np.concatenate([normalise(store.vector_reader.read(part)) for part in np.array_split(rows, max(1, len(rows) // 65536))])
     parts = []
     n_chunks = math.ceil(n / store.vectors.chunks[0])
     for start, block in tqdm(_chunks(store), desc="index training sample", total=n_chunks, disable=not progress, leave=False):
@@ -149,7 +169,8 @@ def build_crop_index(store: CropStore, params: IndexParams | None = None, progre
         configure_training(index, params)
         index.train(sample)
         del sample
-    for _, block in tqdm(_chunks(store), desc="index add", total=math.ceil(n / store.vectors.chunks[0]), disable=not progress, leave=False):
+    step = store.vectors.shards[0] if store.vectors.shards else store.vectors.chunks[0]
+    for _, block in tqdm(_chunks(store), desc="index add", total=math.ceil(n / step), disable=not progress, leave=False):
         index.add(normalise(block))
     if on_gpu:
         index = faiss.index_gpu_to_cpu(index)
@@ -212,25 +233,47 @@ def index_info(index: faiss.Index, params: IndexParams, store: CropStore) -> dic
 
 
 class CropIndex:
-    """Top-m crop retrieval by cosine similarity, with the filters the concept methods need."""
+    """Top-m crop retrieval by cosine similarity, with the filters the concept methods need.
 
-    def __init__(self, index: faiss.Index, image_ids: np.ndarray, params: IndexParams | None = None):
+    `exact_rows`: a function from crop-store rows to their vectors (`CropStore.vector_reader.read`);
+    given one, the index's best `exact_k_factor` * m candidates are re-ranked by their exact cosine
+    similarity, so scores and order are those of an exact scan over the candidates.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        image_ids: np.ndarray,
+        params: IndexParams | None = None,
+        exact_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         if index.ntotal != len(image_ids):
             raise ValueError(f"index holds {index.ntotal} vectors, but {len(image_ids)} image ids were given")
         self.index = index
         self.image_ids = np.asarray(image_ids)
         self.params = params or IndexParams()
+        self.exact_rows = exact_rows
         set_search_params(index, self.params)
 
     @classmethod
     def open(cls, path: str | Path, store: CropStore, params: IndexParams | None = None) -> "CropIndex":
-        """Load a saved index and the image ids of its crop store."""
+        """Load a saved index and the image ids of its crop store (and its vectors, for `ivf_pq_rerank`)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no crop index at {path}")
         info_path = path.with_suffix(path.suffix + ".json")
         saved = IndexParams(**json.loads(info_path.read_text())["params"]) if info_path.is_file() else None
-        return cls(faiss.read_index(str(path)), store.image_ids, params or saved)
+        params = params or saved or IndexParams()
+        index = faiss.read_index(str(path))
+        exact = store.vector_reader.read if choose_type(params, index.ntotal) == "ivf_pq_rerank" else None
+        return cls(index, store.image_ids, params, exact)
+
+    def _search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+        if self.exact_rows is None:
+            return self.index.search(queries, k, params=params)
+        wide = min(self.index.ntotal, k * max(1, self.params.exact_k_factor))
+        _, candidates = self.index.search(queries, wide, params=params)
+        return exact_rerank(queries, candidates, self.exact_rows, k)
 
     def _search_parameters(self, allowed: np.ndarray | None):
         selector = None
@@ -276,7 +319,9 @@ class CropIndex:
             exclude_rows = np.asarray(exclude_rows)
             if exclude_rows.dtype == bool and exclude_rows.shape != self.image_ids.shape:
                 raise ValueError(f"exclude_rows mask has shape {exclude_rows.shape}, the index holds {len(self.image_ids)} crops")
-            if exclude_rows.any():
+            if exclude_rows.dtype == bool and allowed is None:
+                allowed = ~exclude_rows if exclude_rows.any() else None  # one pass over the mask
+            elif len(exclude_rows):
                 allowed = np.ones(len(self.image_ids), bool) if allowed is None else allowed
                 allowed[exclude_rows] = False
         params = self._search_parameters(allowed)
@@ -284,15 +329,38 @@ class CropIndex:
         if ivf is not None:  # few queries: spread the probed lists over the threads, not the queries
             ivf.parallel_mode = 1 if len(queries) < faiss.omp_get_max_threads() else 0
         if not one_per_image:
-            scores, rows = self.index.search(queries, m, params=params)
+            scores, rows = self._search(queries, m, params)
             return _pad(scores, rows)
         k = min(self.index.ntotal, 4 * m)
         while True:
-            scores, rows = self.index.search(queries, k, params=params)
+            scores, rows = self._search(queries, k, params)
             out_scores, out_rows, complete = _first_per_image(scores, rows, self.image_ids, m)
             if complete or k >= self.index.ntotal:
                 return _pad(out_scores, out_rows)
             k = min(self.index.ntotal, 4 * k)
+
+
+def exact_rerank(queries: np.ndarray, candidates: np.ndarray, exact_rows: Callable[[np.ndarray], np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's candidate rows (-1: none) ordered by exact cosine similarity, the best k kept.
+
+    The candidates' vectors are read once (`exact_rows`), normalised, and scored against the
+    (normalised) queries; ties keep the candidates' order.
+    """
+    valid = candidates >= 0
+    unique, inverse = np.unique(candidates[valid], return_inverse=True)
+    vectors = normalise(exact_rows(unique)) if len(unique) else np.empty((0, queries.shape[1]), np.float32)
+    position = np.full(candidates.shape, -1, np.int64)
+    position[valid] = inverse
+    sims = np.einsum("qkd,qd->qk", vectors[np.maximum(position, 0)], queries)
+    sims[~valid] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(sims, order, axis=1)
+    rows = np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
+    if rows.shape[1] < k:  # fewer candidates than k (a small index): pad as FAISS does
+        pad = k - rows.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32), rows
 
 
 def _pad(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
