@@ -185,6 +185,51 @@ def contrast_settings(*keys, dataset=None):
     return {key: method_split("contrast", dataset) if key == "split" else config["contrast"][key] for key in keys}
 
 
+# ---- job memory (resources: mem_mb of the jobs whose memory grows with the data) ---------------
+import conceptscope.job_memory
+
+
+def _written_json(path):
+    """A JSON file an upstream job writes, or None before it has run: Snakemake evaluates resources when
+    it builds the DAG and again, with every input present, before it runs or submits the job."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def contrast_training_mem_mb(wildcards, input):
+    """train_contrast_hyperplanes: all cutoff vectors and all pairs' weights (from the vector store's counts)."""
+    store = _written_json(Path(input.vectors, "zarr.json"))
+    if store is None:
+        return 16000
+    classes = [c for c, n in zip(store["attributes"]["classes"], store["attributes"]["counts"]) if n]
+    if not classes:
+        return conceptscope.job_memory.BASE_MB
+    dim = _written_json(Path(input.vectors, f"c{classes[0]}", "vectors", "zarr.json"))["shape"][1]
+    opts = config["contrast"]
+    return conceptscope.job_memory.contrast_training_mb(
+        store["attributes"]["counts"], dim, ordered=opts["ordered"], chunk_pairs=opts["chunk_pairs"]
+    )
+
+
+def crop_search_mem_mb(wildcards, input):
+    """concept_crops, contrast_crops: the crop pools' indexes in RAM (their files and vector counts)."""
+    infos = [_written_json(f"{path}.json") for path in input.pool_index]
+    if any(info is None for info in infos):
+        return 8000
+    pools = [(Path(path).stat().st_size, info["ntotal"]) for path, info in zip(input.pool_index, infos)]
+    return conceptscope.job_memory.crop_search_mb(pools)
+
+
+def predict_mem_mb(wildcards, input):
+    """predict: a batch, and every predicted image's row (its logits where stored) until the table is written."""
+    meta, info = _written_json(Path(input.data, "meta.json")), _written_json(input.info)
+    if meta is None or info is None:
+        return 8000
+    opts = config["predict"]
+    n_images = sum(meta["counts"].get(split, 0) for split in opts["splits"])
+    return conceptscope.job_memory.prediction_mb(n_images, info["num_classes"], store_logits=opts["store_logits"], top_k=opts["top_k"])
+
+
 # ---- cladec (helpers of rules/cladec.smk) ------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ rule concept_crops:
         "../envs/conceptscope.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=crop_search_mem_mb,
         runtime=720,
     params:
         concepts=crop_settings(),

@@ -39,7 +39,7 @@ rule train_contrast_hyperplanes:
         "../envs/conceptscope.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=contrast_training_mem_mb,
         runtime=1440,
     params:
         contrast=contrast_settings("epochs", "lr", "ordered", "chunk_pairs"),
@@ -118,7 +118,7 @@ rule contrast_crops:
         "../envs/conceptscope.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=crop_search_mem_mb,
         runtime=720,
     params:
         concepts={**crop_settings(), "n_concepts": config["contrast"]["n_concepts"], "sweep": []},

@@ -54,7 +54,7 @@ rule predict:
         "../envs/conceptscope.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=predict_mem_mb,
         runtime=240,
     params:
         predict=config["predict"],
