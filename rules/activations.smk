@@ -43,7 +43,6 @@ rule extract_crop_vectors:
     params:
         layers=lambda w: MODELS[w.model]["layers"],
         crops=lambda w: crop_store_settings(w.dataset),
-        index=config["index"],
         seed=config["seed"],
         device=config["device"],
     script:

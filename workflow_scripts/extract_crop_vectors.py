@@ -15,6 +15,8 @@ device = resolve_device(sm.params.device)
 model, info = load_model(Path(sm.input.info).parent, device)
 data = PreparedDataset(sm.input.data)
 opts = sm.params.crops
+# the layout follows the index settings (sharded where the index re-ranks from the store) but holds the
+# same values either way, so the index settings are read from the config, not made a param that reruns this job
 rows = selected_rows(data, opts["selection"], sm.input.predictions, sm.params.seed)
 log.info("%s/%s: %d images x grids %s (%s mode), layers %s", sm.wildcards.dataset, sm.wildcards.model, len(rows), opts["grids"], opts["mode"], sm.params.layers)
 extract_crop_vectors(
@@ -30,7 +32,7 @@ extract_crop_vectors(
     batch_size=opts["batch_size"],
     chunk_rows=opts["chunk_rows"],
     compression=opts["compression"],
-    inner_rows=store_inner_rows(opts["inner_rows"], len(rows) * sum(g * g for g in opts["grids"]), IndexParams(**sm.params.index)),
+    inner_rows=store_inner_rows(opts["inner_rows"], len(rows) * sum(g * g for g in opts["grids"]), IndexParams(**sm.config["index"])),
     device=device,
     attrs={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model, "selection": opts["selection"]},
 )
