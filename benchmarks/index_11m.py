@@ -220,10 +220,9 @@ def exact_search(store, queries, query_class, labels, image_ids, m: int, keep: i
     step = 8192 * 8
     for first in range(0, len(store), step):
         block = normalise(store.vector_reader.read_range(first, first + step))
-        sims = queries @ block.T
-        for variant in (0, 1):
-            if variant == 0:
-                sims = np.where(labels[first : first + len(block)][None, :] == query_class[:, None], -np.inf, sims)
+        plain = queries @ block.T
+        filtered = np.where(labels[first : first + len(block)][None, :] == query_class[:, None], -np.inf, plain)
+        for variant, sims in enumerate((filtered, plain)):
             width = min(keep if variant == 0 else m, sims.shape[1])
             top = np.argpartition(-sims, width - 1, axis=1)[:, :width]
             scores = np.concatenate([best[variant], np.take_along_axis(sims, top, 1)], 1)

@@ -114,8 +114,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def _step(store: CropStore) -> int:
+    """Rows of one bulk read: a shard where the vectors are sharded, else a chunk."""
+    return (store.vectors.shards or store.vectors.chunks)[0]
+
+
 def _chunks(store: CropStore) -> Iterable[tuple[int, np.ndarray]]:
-    step = store.vectors.shards[0] if store.vectors.shards else store.vectors.chunks[0]
+    step = _step(store)
     for start in range(0, store.vectors.shape[0], step):
         yield start, store.vector_reader.read_range(start, start + step)
 
@@ -131,8 +136,7 @@ def _training_sample(store: CropStore, size: int, seed: int, progress: bool = Fa
     if store.vector_reader.fast:
         return np.concatenate([normalise(store.vector_reader.read(part)) for part in np.array_split(rows, max(1, len(rows) // 65536))])
     parts = []
-    n_chunks = math.ceil(n / store.vectors.chunks[0])
-    for start, block in tqdm(_chunks(store), desc="index training sample", total=n_chunks, disable=not progress, leave=False):
+    for start, block in tqdm(_chunks(store), desc="index training sample", total=math.ceil(n / _step(store)), disable=not progress, leave=False):
         picked = rows[(rows >= start) & (rows < start + len(block))] - start
         if len(picked):
             parts.append(block[picked])
@@ -169,8 +173,7 @@ def build_crop_index(store: CropStore, params: IndexParams | None = None, progre
         configure_training(index, params)
         index.train(sample)
         del sample
-    step = store.vectors.shards[0] if store.vectors.shards else store.vectors.chunks[0]
-    for _, block in tqdm(_chunks(store), desc="index add", total=math.ceil(n / step), disable=not progress, leave=False):
+    for _, block in tqdm(_chunks(store), desc="index add", total=math.ceil(n / _step(store)), disable=not progress, leave=False):
         index.add(normalise(block))
     if on_gpu:
         index = faiss.index_gpu_to_cpu(index)

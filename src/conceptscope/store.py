@@ -264,7 +264,7 @@ class RowReader:
         chunks = rows[order] // inner_rows
         starts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]])
         stops = np.r_[starts[1:], len(rows)]
-        decode = _zstd_decode if layout["zstd"] else bytes
+        decode = _zstd_decoder() if layout["zstd"] else bytes
         dtype = self.array.dtype.newbyteorder("<")
         shard, handle = None, None
         try:
@@ -289,10 +289,11 @@ class RowReader:
         return out
 
 
-def _zstd_decode(raw: bytes) -> bytes:
+def _zstd_decoder():
+    """One zstd codec's decode for a whole read (not one codec per inner chunk)."""
     from numcodecs import Zstd
 
-    return Zstd().decode(raw)
+    return Zstd().decode
 
 
 class RowStore:
