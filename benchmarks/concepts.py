@@ -82,7 +82,8 @@ def main() -> None:
     from conceptscope.activations import select_images
     from conceptscope.data import ImageDataset
     from conceptscope.methods.concept_crops import CropPool, concept_figure, search_pools, stitch_hits
-    from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples, prediction_test, stitch_transform
+    from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples
+    from conceptscope.methods.prediction_test import prediction_test, stitch_transform
     from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
     from conceptscope.utils import set_threads
 

@@ -32,7 +32,7 @@ def timed_snakemake(workdir: Path, configfile: Path, *args: str) -> float:
 
 
 def main() -> None:
-    from conceptscope.report import browser_check
+    from conceptscope.browser import browser_check
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
@@ -55,7 +55,7 @@ def main() -> None:
         figures.update({f"report_{key}": status[key] for key in ("results", "figures", "figures_loaded", "pages", "pages_loaded", "captions")})
         figures["report_failures"] = len(status["failures"])
         if args.compare:
-            from conceptscope.report import compare_outputs, compare_tables
+            from conceptscope.compare import compare_outputs, compare_tables
 
             same = compare_tables(args.compare / "results", workdir / "results")
             n = len(same["tables"])

@@ -471,7 +471,7 @@ def cluscam_sweeps():
 # ---- report (helpers of rules/report.smk) ------------------------------------------------------
 import yaml
 
-from conceptscope.report import SHORTCUT_TABLES
+from conceptscope.report import SHORTCUT_TABLES, shortcut_pairs
 
 TABLE_PAGES = yaml.safe_load(Path(workflow.basedir, "report", "tables.yaml").read_text())
 
@@ -487,6 +487,35 @@ def run_tables():
 
 def report_targets():
     return [result("report", "front.rst")] + [result("report", "tables", f"{name}.html") for name in run_tables() + ["shortcut_summary"]]
+
+
+def front_figures():
+    """One figure per method for the front page: of a shortcut-trained model where one runs the method
+    (its deepest layer), else of the method's first job. Dicts of method, model, dataset, path; a
+    concepts or contrast entry is the job's crop folder, the figure of the shortcut class is taken from it."""
+    shortcut = [(model, ds) for model, _, ds in shortcut_pairs(MODELS, DATASETS)]
+    figures = config["cladec"]["figures"], config["nave"]["figures"], config["cluscam"]["figures"]
+    jobs = {
+        "class concepts": [(ds, m, layer, result("concepts", ds, m, layer, "crops")) for ds, m, layer in concept_jobs()],
+        "class contrasting": [
+            (ds, m, layer, result("contrast", ds, m, layer, "concepts", "crops")) for ds, m, layer in method_jobs("contrast")
+        ],
+        "ClaDec": [(ds, m, layer, result("figures", "cladec", ds, m, f"{layer}.png")) for ds, m, layer in cladec_jobs() if figures[0]],
+        "NAVE": [(ds, m, "", result("figures", "nave", ds, m, "segments.png")) for ds, m in nave_pairs() if figures[1]],
+        "DORA": [(ds, m, layer, result("figures", "dora", ds, m, f"{layer}_atlas.png")) for ds, m, layer in dora_jobs()],
+        "ClusCAM": [(ds, m, layer, result("figures", "cluscam", ds, m, f"{layer}.png")) for ds, m, layer in cluscam_jobs() if figures[2]],
+    }
+    chosen = []
+    for method, runs in jobs.items():
+        if not runs:
+            continue
+        mine = [run for model, ds in shortcut for run in runs if run[:2] == (ds, model)]
+        if mine:  # the first shortcut model's deepest layer (a model's layers are listed in order)
+            ds, model, layer, path = [run for run in mine if run[:2] == mine[0][:2]][-1]
+        else:
+            ds, model, layer, path = runs[0]
+        chosen.append({"method": method, "model": model, "dataset": ds, "layer": layer, "path": path})
+    return chosen
 
 
 def front_page_path():

@@ -7,6 +7,7 @@ report: front_page_path()
 rule summarize_shortcut:
     input:
         tables=lambda w: [result("tables", f"{name}.csv") for name in run_tables() if name in SHORTCUT_TABLES],
+        figures=[figure["path"] for figure in front_figures()],
     output:
         summary=result("tables", "shortcut_summary.csv"),
         front=result("report", "front.rst"),
@@ -18,6 +19,7 @@ rule summarize_shortcut:
     params:
         config={key: config[key] for key in ("results", "seed", "device", "datasets", "models")},
         tables=lambda w: run_tables() + ["shortcut_summary"],
+        figures=front_figures(),
     script:
         "../workflow_scripts/summarize_shortcut.py"
 

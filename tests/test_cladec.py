@@ -197,7 +197,7 @@ def test_evaluation_classifier_learns_the_task_from_reconstructions(trained_resn
 
 @pytest.mark.long
 def test_occluding_the_most_relevant_square_costs_more_accuracy_than_the_least(trained_resnet, digits_loader):
-    from conceptscope.methods.cladec import cladec_occlusion_relevance, extreme_occlusions, occluded_predictions, occlusion_boxes
+    from conceptscope.methods.cladec_analysis import cladec_occlusion_relevance, extreme_occlusions, occluded_predictions, occlusion_boxes
 
     model, cladec, _, train_loader = trained_resnet
     images, labels = (torch.cat(parts) for parts in list(zip(*digits_loader))[:2])
@@ -237,7 +237,7 @@ def test_saved_reconstructors_rebuild_on_the_architecture_with_their_own_encoder
 
 
 def test_occlusion_grid_matches_the_paper_and_ties_are_broken_at_random():
-    from conceptscope.methods.cladec import extreme_occlusions, occlude, occlusion_boxes
+    from conceptscope.methods.cladec_analysis import extreme_occlusions, occlude, occlusion_boxes
 
     boxes = occlusion_boxes(32, 32)
     assert len(boxes) == 16 and set((boxes[:, 2] - boxes[:, 0]).tolist()) == {12}
@@ -273,7 +273,7 @@ def test_grad_cam_equals_the_definition_and_is_constant_on_a_one_by_one_layer():
 
 
 def test_cladec_relevance_follows_the_strokes_of_the_digit(digits_loader):
-    from conceptscope.methods.cladec import box_errors, cladec_occlusion_relevance, occlusion_boxes
+    from conceptscope.methods.cladec_analysis import box_errors, cladec_occlusion_relevance, occlusion_boxes
 
     model = build_model("resnet_small", 10, 1, seed=0).eval()
     cladec = ClaDec(epochs=15, seed=0, progress=False).fit(model, "layer1", digits_loader)

@@ -17,15 +17,8 @@ from PIL import Image
 from torch.utils.data import ConcatDataset
 
 from conceptscope.attribution import AttributionError, layer_attribution, resolve_baseline
-from conceptscope.methods.concepts import (
-    ConceptExtractor,
-    attribution_weighted_vectors,
-    iter_class_samples,
-    prediction_test,
-    sample_class,
-    stitch_crops,
-    stitch_transform,
-)
+from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples, sample_class
+from conceptscope.methods.prediction_test import prediction_test, stitch_crops, stitch_transform
 from conceptscope.models import build_transform
 
 GOOSE, JEEP, CONVERTIBLE = 99, 609, 511  # ImageNet classes of the foolbox photos

@@ -19,13 +19,10 @@ from conceptscope.methods.contrast import (
     all_pairs,
     contrast_weighted_vectors,
     cutoff_vectors,
-    iter_shift_results,
     pair_init,
-    shift_predictions,
-    shifting_plan,
-    shifting_summary,
     train_pair_reference,
 )
+from conceptscope.methods.shifting import iter_shift_results, shift_predictions, shifting_plan, shifting_summary
 from conceptscope.models import build_model
 
 GOOSE, JEEP = 99, 609  # ImageNet classes of two foolbox photos (each predicted for one photo)

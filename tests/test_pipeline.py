@@ -532,7 +532,7 @@ def test_shortcut_summary_reads_each_method_from_its_table(finished_run):
 
 
 def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):
-    from conceptscope.report import browser_check
+    from conceptscope.browser import browser_check
 
     workdir, _ = finished_run
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
@@ -550,6 +550,28 @@ def test_report_opens_in_chromium_with_every_figure_and_table(finished_run):
     front = status["front_page_text"]
     assert "The planted shortcut, method by method" in front and "vgg_shortcut" in front and "Accuracy" in front
     assert (ROOT / "test-artifacts" / "report" / "front_page.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("window", [(1400, 1000), (1920, 1080)])
+def test_report_front_page_reads_in_a_browser_window(finished_run, window):
+    """At a laptop's and a desktop's window size every table, figure and the title of the front page
+    is displayed whole: not under Snakemake's workflow graph, not cut off at the page's top or left."""
+    from conceptscope.browser import front_page_layout
+
+    workdir, config = finished_run
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (bash scripts/install.sh installs them as root)")
+    report = workdir / "report.html"
+    if not report.exists():
+        run = snakemake(workdir, "--report", "report.html")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    shot = ROOT / "test-artifacts" / "report" / f"front_page_{window[0]}x{window[1]}.png"
+    status = front_page_layout(report, window, screenshot=shot)
+    assert status["problems"] == []
+    # the models and accuracy tables, and one figure for each method the tiny run has
+    methods = {"concepts", "contrast", "cladec", "nave", "dora", "cluscam"} & set(config)
+    assert status["tables"] >= 2 and status["figures"] == len([m for m in methods if config[m].get("models") != []])
+    assert shot.stat().st_size > 10_000
 
 
 # Each expensive rule's job killed once during the second run: the n-th time the job reaches the point,
@@ -576,7 +598,7 @@ def test_a_second_run_killed_in_each_expensive_rule_gives_identical_outputs(fini
     import signal
 
     from conceptscope.cli import main as cli
-    from conceptscope.report import compare_outputs, compare_tables
+    from conceptscope.compare import compare_outputs, compare_tables
 
     workdir, config = finished_run
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -639,7 +661,7 @@ def test_compare_sees_a_changed_value_in_each_kind_of_output(tmp_path):
     import torch
 
     from conceptscope.cli import main as cli
-    from conceptscope.report import compare_outputs, compare_tables
+    from conceptscope.compare import compare_outputs, compare_tables
 
     first = tmp_path / "first"
     (first / "tables").mkdir(parents=True)

@@ -36,3 +36,33 @@ def test_summary_pairs_each_measure_and_flips_with_the_twins():
     assert summary.loc[summary.method == "gradcam", "chance"].item() == 1.0
     swapped = shortcut_summary(tables, [("a_clean", "a_shortcut", "ds")])
     assert (swapped["verdict"] == "not detected").all()
+
+
+def test_front_page_leads_with_the_verdict_by_method_and_one_figure_per_method(tmp_path):
+    from PIL import Image
+
+    from conceptscope.report import front_figure_file, front_page, verdict_by_method
+
+    models = pd.DataFrame({"model": ["a_shortcut", "a_clean"], "dataset": ["ds", "ds"], "split": ["test_watermarked"] * 2,
+                           "shortcut_rate": [0.4, 0.01], "n_images": [900, 900]})
+    saliency = pd.DataFrame({"model": ["a_shortcut", "a_clean"] * 2, "dataset": ["ds"] * 4, "layer": ["l3"] * 4,
+                             "method": ["gradcam", "gradcam", "rise", "rise"], "ratio": [2.5, 1.1, 1.2, 1.3]})
+    summary = shortcut_summary({"models": models, "cluscam_watermark": saliency}, [("a_shortcut", "a_clean", "ds")])
+    table = verdict_by_method(summary).set_index("method")["a_shortcut"]
+    assert table.to_dict() == {"prediction (ground truth)": "detected", "Grad-CAM": "detected", "RISE": "not detected (1 measure)"}
+    # a concepts crop folder: the figure of the shortcut class is chosen over the others
+    crops = tmp_path / "crops" / "figures"
+    crops.mkdir(parents=True)
+    for name in ("class_0000.png", "class_0003.png"):
+        Image.new("RGB", (1600, 400), "white").save(crops / name)
+    assert front_figure_file(tmp_path / "crops", 3).name == "class_0003.png"
+    assert front_figure_file(tmp_path / "crops", None).name == "class_0000.png"
+    config = {"results": "results", "seed": 0, "device": "cpu", "datasets": {"ds": {"kind": "digits", "shortcut": {"class": 3}}},
+              "models": {"a_shortcut": {"arch": "resnet_small", "train_dataset": "ds"}}}
+    figures = [{"method": "class concepts", "model": "a_shortcut", "dataset": "ds", "layer": "l3", "path": str(tmp_path / "crops")}]
+    page = front_page(config, models, summary, ["models"], figures)
+    # the verdict comes before the models and accuracies; the figure is embedded, shrunk to fit
+    assert page.index("The planted shortcut, method by method") < page.index("One figure per method") < page.index("Models\n------")
+    assert "class_0003" in page and page.count("data:image/png;base64,") == 1
+    assert max(len(line) for line in page.splitlines()) < 10_000  # docutils' line length limit
+    assert "#rulegraph" in page  # the layout fix for Snakemake's viewer travels with the page

@@ -6,7 +6,10 @@ import ast
 
 from conftest import ROOT
 
-SOURCES = [p for folder in ("src", "workflow_scripts", "benchmarks", "tests") for p in sorted((ROOT / folder).rglob("*.py"))]
+# the project's own files: not what runs leave in hidden folders (e.g. benchmarks/.cache/*/.snakemake/scripts,
+# Snakemake's copies of the workflow scripts with its own preamble)
+SOURCES = [p for folder in ("src", "workflow_scripts", "benchmarks", "tests") for p in sorted((ROOT / folder).rglob("*.py"))
+           if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
 
 
 def _calls(name: str, attr: str):

@@ -251,7 +251,7 @@ def test_clustering_in_feature_space_equals_clustering_the_upsampled_maps(mobile
     measured 8e-7). features.18 (1280 maps, 4 x 4) at 112 px and features.10 (64 maps, 14 x 14) at 224."""
     from sklearn.cluster import KMeans
 
-    from conceptscope.methods.saliency import _layer_output, _minmax, _upsample
+    from conceptscope.methods.saliency.base import _layer_output, _minmax, _upsample
 
     for size, layer in ((112, "features.18"), (224, "features.10")):
         image = F.interpolate(photos[0][:1], size=size, mode="bilinear", antialias=True)
@@ -439,7 +439,7 @@ def test_every_method_and_metric_runs_on_a_vit_with_registers(digits):
     tolerance 1e-5). At the last block's output
     (blocks.3) the patch tokens no longer reach the class token: Grad-CAM's and Ablation-CAM's maps
     are empty there (the reason CAM layers of a ViT are blocks[-1].norm1)."""
-    from conceptscope.methods.saliency import _layer_output, _minmax, _upsample
+    from conceptscope.methods.saliency.base import _layer_output, _minmax, _upsample
 
     images, labels = digits[0][:2], digits[1][:2]
     model = vit_small(registers=4)

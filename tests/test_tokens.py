@@ -11,7 +11,7 @@ from PIL import Image
 
 from conceptscope import tokens
 from conceptscope.activations import LayerRecorder, LayerRunner, split_at_layer
-from conceptscope.data import _package_dir
+from conceptscope.data_sources import _package_dir
 from conceptscope.models import build_model, build_transform, get_layer, resolve_preprocess
 from conceptscope.tokens import TokenLayout
 

@@ -15,7 +15,8 @@ import torch
 
 from _common import image_loader, job_model_and_data, sampled_rows, setup
 from conceptscope.attribution import grad_cam
-from conceptscope.methods.cladec import box_sums, cladec_occlusion_relevance, extreme_occlusions, load_reconstructor, occluded_predictions, occlusion_boxes
+from conceptscope.methods.cladec import load_reconstructor
+from conceptscope.methods.cladec_analysis import box_sums, cladec_occlusion_relevance, extreme_occlusions, occluded_predictions, occlusion_boxes
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from _common import image_loader, job_model_and_data, sampled_rows, setup
-from conceptscope.methods.cladec import box_errors, load_reconstructor, watermark_kept
+from conceptscope.methods.cladec import load_reconstructor
+from conceptscope.methods.cladec_analysis import box_errors, watermark_kept
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from _common import job_model_and_data, setup
 from conceptscope.methods.concept_crops import CropPool, StitchedCropClassifier, concept_figure, hit_records, search_pools, stitch_hits
-from conceptscope.methods.concepts import prediction_test, stitch_transform
+from conceptscope.methods.prediction_test import prediction_test, stitch_transform
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

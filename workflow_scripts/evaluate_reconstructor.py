@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from _common import image_loader, job_model_and_data, sampled_rows, setup, untrained_twin
-from conceptscope.methods.cladec import PAPER_EVAL_TRAIN, box_errors, evaluation_accuracy, load_reconstructor, pixel_maps, reconstruction_error
+from conceptscope.methods.cladec import PAPER_EVAL_TRAIN, evaluation_accuracy, load_reconstructor, reconstruction_error
+from conceptscope.methods.cladec_analysis import box_errors, pixel_maps
 from conceptscope.models import model_from_info
 from conceptscope.utils import write_json
 

@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 
 from _common import job_model_and_data, selected_rows, setup
+from conceptscope.activations import LayerRunner
 from conceptscope.data import ImageDataset
 from conceptscope.methods.concepts import ConceptExtractor, check_non_negative
-from conceptscope.methods.contrast import ContrastHyperplanes, LayerRunner, contrast_weighted_vectors
+from conceptscope.methods.contrast import ContrastHyperplanes, contrast_weighted_vectors
 from conceptscope.models import build_transform
 from conceptscope.utils import atomic_path
 

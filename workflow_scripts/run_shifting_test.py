@@ -19,8 +19,10 @@ import pandas as pd
 import torch
 
 from _common import job_model_and_data, selected_rows, setup
+from conceptscope.activations import LayerRunner
 from conceptscope.data import ImageDataset
-from conceptscope.methods.contrast import ContrastHyperplanes, LayerRunner, iter_shift_results, shifting_plan
+from conceptscope.methods.contrast import ContrastHyperplanes
+from conceptscope.methods.shifting import iter_shift_results, shifting_plan
 from conceptscope.models import build_transform
 from conceptscope.utils import atomic_path
 

@@ -23,7 +23,7 @@ import zarr
 
 from _common import setup
 from conceptscope.methods.concept_crops import concept_importance, watermark_summary
-from conceptscope.methods.contrast import shifting_summary
+from conceptscope.methods.shifting import shifting_summary
 from conceptscope.utils import atomic_path
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -14,6 +14,6 @@ summary = shortcut_summary(tables, pairs)
 log.info("shortcut pairs %s; %d measures\n%s", pairs, len(summary), summary.to_string())
 with atomic_path(sm.output.summary) as tmp:
     summary.to_csv(tmp, index=False, float_format="%.4f")
-page = front_page(config, tables["models"], summary, sm.params.tables)
+page = front_page(config, tables["models"], summary, sm.params.tables, sm.params.figures)
 with atomic_path(sm.output.front) as tmp:
     tmp.write_text(page)

@@ -263,16 +263,105 @@ def _fmt(value) -> str:
     return "" if pd.isna(value) else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, tables: list[str]) -> str:
-    """The report's front page (reStructuredText): what ran, the accuracies, the shortcut findings side by side."""
+# Snakemake's viewer shows the front page at 32rem beside the workflow graph, centred in a screen-high
+# box: wider tables ran under the graph and the page's top and left were cut off. The page's text
+# takes the width, the graph goes below it, and a table wider than the window scrolls in its own box.
+FRONT_PAGE_STYLE = """<style>
+#app div.h-screen:has(#rulegraph) { align-items: flex-start; justify-content: flex-start; }
+#app div.flex:has(> div > .prose) { flex-direction: column; }
+#app .prose { max-width: 80rem; }
+#app .prose table { display: block; overflow-x: auto; max-width: 100%; }
+#app .prose figure { margin: 0.5rem 0 1.5rem; }
+#app .prose figure img { max-width: 100%; max-height: 32rem; height: auto; }
+</style>"""
+
+METHOD_NAMES = {"prediction": "prediction (ground truth)", "concepts": "class concepts", "contrast": "class contrasting",
+                "cladec": "ClaDec", "nave": "NAVE", "dora": "DORA", "cluscam": "ClusCAM", "gradcam": "Grad-CAM",
+                "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM", "rise": "RISE", "occlusion": "occlusion"}
+
+
+def verdict_by_method(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, one column per shortcut model: 'detected' (every measure), 'detected by k
+    of n measures' or 'not detected (n measures)'; empty where the model does not run the method."""
+    rows = {}
+    for (method, model), part in summary.groupby(["method", "model"], sort=False):
+        k, n = int((part["verdict"] == "detected").sum()), len(part)
+        cell = "detected" if k == n else f"detected by {k} of {n} measures" if k else f"not detected ({n} measure{'s' * (n > 1)})"
+        rows.setdefault(METHOD_NAMES.get(method, method), {})[model] = cell
+    frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
+    return frame.rename_axis("method").reset_index()
+
+
+def front_figure_file(path: str | Path, shortcut_class: int | None) -> Path | None:
+    """The PNG a front-page entry shows: the file itself, or in a concepts/contrast crop folder the
+    figure of the shortcut class (`class_XXXX.png`, `class_XXXX_vs_YYYY.png`), else its first figure."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    figures = sorted((path / "figures").glob("*.png"))
+    if shortcut_class is not None:
+        figures = sorted(figures, key=lambda f: not f.stem.startswith(f"class_{shortcut_class:04d}"))
+    return figures[0] if figures else None
+
+
+def thumbnail_uri(path: str | Path, max_size: tuple[int, int] = (1100, 700)) -> str:
+    """A PNG data URI of the figure, shrunk to fit `max_size` (width, height) pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail(max_size)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _raw_html(markup: str) -> list[str]:
+    return [".. raw:: html", ""] + ["   " + line for line in markup.splitlines()] + [""]
+
+
+def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, tables: list[str],
+               figures: list[dict] | None = None) -> str:
+    """The report's front page (reStructuredText): the planted shortcut's verdict by method, one figure
+    per method, then what ran, the accuracies and every shortcut measure side by side.
+
+    `figures`: dicts of method, model, dataset, layer and path (a PNG, or a crop folder) as
+    `rules/common.smk:front_figures` chooses them; the images are embedded as thumbnails.
+    """
     models = config["models"]
-    lines = ["conceptscope run", "================", "",
+    lines = ["conceptscope run", "================", "", *_raw_html(FRONT_PAGE_STYLE),
              "Five concept-explanation methods over one activation store: class concepts and class contrasting, "
-             "ClaDec, NAVE, DORA and ClusCAM (papers: ``../shared/papers``). Each result below has a caption saying "
+             "ClaDec, NAVE, DORA and ClusCAM (papers: ``../shared/papers``). Each result in the menu has a caption saying "
              "what it shows and which table or figure of its paper it corresponds to; the categories group them by "
              "method, the subcategories by model.", "",
-             f"Results directory ``{config['results']}``, seed {config['seed']}, device ``{config['device']}``.", "",
-             "Models", "------", ""]
+             f"Results directory ``{config['results']}``, seed {config['seed']}, device ``{config['device']}``.", ""]
+    lines += ["The planted shortcut, method by method", "--------------------------------------", ""]
+    if len(summary):
+        lines += ["A watermark is planted on the training images of one class; each shortcut-trained model is set beside "
+                  "its clean twin (the same architecture trained without it) on the same watermarked test images. A measure "
+                  f"says **detected** when the shortcut model's excess over chance is at least {VERDICT_RATIO:g}x the clean "
+                  f"twin's and above the noise floor (the clean twin's value plus {VERDICT_SIGMAS:g} binomial standard "
+                  "errors); every measure is listed below.", "", _rst_table(verdict_by_method(summary)), ""]
+    else:
+        lines += ["No shortcut-trained model with a clean twin in this run.", ""]
+    if figures:
+        lines += ["One figure per method", "---------------------", ""]
+        for entry in figures:
+            dataset = config["datasets"].get(entry["dataset"]) or {}
+            shortcut_class = (dataset.get("shortcut") or {}).get("class")
+            path = front_figure_file(entry["path"], shortcut_class)
+            if path is None:
+                continue
+            where = ", ".join(part for part in (entry["model"], entry["dataset"], entry.get("layer"), path.stem) if part)
+            # docutils refuses lines over 10,000 characters; a data URI's base64 may hold line breaks
+            uri = thumbnail_uri(path)
+            uri = "\n".join(uri[i:i + 76] for i in range(0, len(uri), 76))
+            lines += _raw_html(f'<figure><figcaption><b>{html.escape(entry["method"])}</b> ({html.escape(where)})</figcaption>'
+                               f'<img alt="{html.escape(entry["method"])}" src="{uri}"></figure>')
+    lines += ["Models", "------", ""]
     rows = []
     for name, spec in models.items():
         rows.append({"model": name, "architecture": spec.get("arch", ""),
@@ -290,16 +379,10 @@ def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, 
         for column in shown.columns:
             shown[column] = shown[column].map(_fmt)
         lines += [_rst_table(shown), ""]
-    lines += ["The planted shortcut, method by method", "--------------------------------------", ""]
     if len(summary):
-        lines += ["Each shortcut-trained model beside its clean twin on the same watermarked test images "
-                  "(``tables/shortcut_summary.csv``; one row per measure and layer; larger values mean more of the "
-                  f"watermark). A measure says **detected** when the shortcut model's excess over chance (0 for a share, "
-                  f"1 for a ratio to the box's share, 0.5 for an AUC) is at least {VERDICT_RATIO:g}x the clean twin's and "
-                  f"its value is above the noise floor (for a share of n images or crops: the clean twin's value plus "
-                  f"{VERDICT_SIGMAS:g} binomial standard errors).", ""]
-        counts = summary.groupby("method", sort=False)["verdict"].agg(lambda v: f"{(v == 'detected').sum()} of {len(v)}")
-        lines += ["Measures detecting the shortcut, by method: " + "; ".join(f"{m} {c}" for m, c in counts.items()) + ".", ""]
+        lines += ["Every shortcut measure", "----------------------", "",
+                  "One row per measure and layer (``tables/shortcut_summary.csv``); larger values mean more of the watermark; "
+                  "chance is 0 for a share, 1 for a ratio to the box's share of the image, 0.5 for an AUC.", ""]
         shown = summary.copy()
         for column in ("shortcut_model", "clean_model", "noise_floor"):
             shown[column] = shown[column].map(_fmt)
@@ -307,8 +390,6 @@ def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, 
             lines += [f"**{model}** (shortcut) vs **{clean}** (clean twin):", "",
                       _rst_table(part[["method", "measure", "layer", "shortcut_model", "clean_model", "noise_floor", "verdict"]].rename(
                           columns={"shortcut_model": model, "clean_model": clean})), ""]
-    else:
-        lines += ["No shortcut-trained model with a clean twin in this run.", ""]
     lines += ["Tables", "------", "", "Every table of the run, each a page of the report: " + ", ".join(f"``{t}``" for t in tables) + ".", ""]
     return "\n".join(lines)
 
@@ -316,206 +397,3 @@ def front_page(config: dict, models_table: pd.DataFrame, summary: pd.DataFrame, 
 def read_tables(paths: list[str | Path]) -> dict[str, pd.DataFrame]:
     """Tables by file stem; an empty CSV (header only) reads as an empty frame."""
     return {Path(path).stem: pd.read_csv(path) for path in paths}
-
-
-def browser_check(report: str | Path, screenshots: str | Path | None = None, timeout: float = 60.0,
-                  chromium: str = "/usr/bin/chromium", chromedriver: str = "/usr/bin/chromedriver") -> dict:
-    """Open a Snakemake HTML report in headless Chromium and display every result the way its viewer does.
-
-    Each figure must decode (an <img> with a natural width) and each HTML page (the table pages) must
-    load in the viewer's frame; returns counts and the failures, and, with `screenshots`, saves the
-    front page, the first figure and the first table page there as PNG. Needs `selenium` and Debian's
-    `chromium` + `chromium-driver` (nothing is downloaded).
-    """
-    from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    report = Path(report).resolve()
-    for path, what in ((report, "report"), (Path(chromium), "chromium"), (Path(chromedriver), "chromedriver")):
-        if not path.exists():
-            raise FileNotFoundError(f"{what} not found: {path}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1800,1100"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    shots = Path(screenshots) if screenshots else None
-    if shots:
-        shots.mkdir(parents=True, exist_ok=True)
-    try:
-        driver.set_page_load_timeout(timeout)
-        driver.get(report.as_uri())
-        wait = WebDriverWait(driver, timeout)
-        wait.until(lambda d: d.execute_script("return typeof app !== 'undefined' && document.querySelector('#app').innerText.length > 0"))
-        front = driver.execute_script("return document.querySelector('#app').innerText")
-        if shots:
-            driver.save_screenshot(str(shots / "front_page.png"))
-        entries = driver.execute_script("return Object.entries(results).map(([p, r]) => [p, r.mime_type, r.caption.length])")
-        status = {"results": len(entries), "figures": 0, "figures_loaded": 0, "pages": 0, "pages_loaded": 0,
-                  "captions": sum(1 for *_, caption in entries if caption > 0), "failures": [], "front_page_text": front}
-        # the element the viewer shows a result in: an <img> or an <iframe> whose src is the result's data URI
-        shown = ("const uri = results[arguments[0]].data_uri;"
-                 "return Array.from(document.querySelectorAll('#app ' + arguments[1])).find(e => e.getAttribute('src') === uri) || null;")
-        for path, mime, _ in entries:
-            kind = "figures" if mime.startswith("image/") else "pages" if mime == "text/html" else None
-            if kind is None:
-                continue
-            status[kind] += 1
-            # the viewer's own path: the same call its "view" button makes
-            driver.execute_script("new ToggleViewManager(app).handleSelectedResult(arguments[0])", path)
-            tag = "img" if kind == "figures" else "iframe"
-            try:
-                element = WebDriverWait(driver, 20).until(lambda d: d.execute_script(shown, path, tag))
-                if kind == "figures":
-                    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return arguments[0].complete", element))
-                    loaded = driver.execute_script("return arguments[0].naturalWidth", element) > 0
-                else:
-                    driver.switch_to.frame(element)
-                    try:
-                        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
-                        loaded = bool(driver.find_elements("css selector", "table"))
-                    finally:
-                        driver.switch_to.default_content()
-            except TimeoutException:  # not shown in time: a failure to report, not to raise
-                loaded = False
-            if loaded:
-                status[f"{kind}_loaded"] += 1
-                if shots and status[f"{kind}_loaded"] == 1:
-                    driver.save_screenshot(str(shots / f"first_{kind[:-1]}.png"))
-            else:
-                status["failures"].append(path)
-        return status
-    finally:
-        driver.quit()
-
-
-# --------------------------------------------------------------------------------------------
-# Reproducibility: two runs' tables side by side
-
-TIMING_COLUMNS = frozenset({"seconds", "seconds_sem", "train_seconds", "seconds_per_image", "seconds_per_image_sem"})
-
-
-def _plain(value):
-    """A numpy scalar as the Python value it holds (for messages)."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def _frame_difference(x: pd.DataFrame, y: pd.DataFrame) -> tuple[str | None, int]:
-    """What differs between two tables, exactly, timing columns aside (None when nothing), and the values compared."""
-    if list(x.columns) != list(y.columns):
-        return f"columns differ: {list(x.columns)} vs {list(y.columns)}", 0
-    x, y = (t.drop(columns=[c for c in t.columns if c in TIMING_COLUMNS]) for t in (x, y))
-    if x.shape != y.shape:
-        return f"shape {x.shape} vs {y.shape}", 0
-    unequal = ~((x == y) | (x.isna() & y.isna()))
-    if not unequal.any().any():
-        return None, x.size
-    column = unequal.any().idxmax()
-    row = int(unequal[column].to_numpy().argmax())
-    first_value, second_value = (_plain(t[column].iloc[row]) for t in (x, y))
-    return (f"{int(unequal.to_numpy().sum())} value(s) differ, first in column {column!r} "
-            f"row {row}: {first_value!r} vs {second_value!r}"), x.size
-
-
-def compare_tables(first: str | Path, second: str | Path) -> dict:
-    """The CSV tables of two runs' `tables/` folders (or two results folders) compared value for value.
-
-    Exact comparison (no tolerance) of every column except those that time the methods
-    (`TIMING_COLUMNS`: wall-clock seconds differ between runs). Returns {"tables": names compared,
-    "values": values compared, "different": {name: what differs}, "only_first": [...], "only_second": [...]}.
-    """
-    folders = []
-    for root in (Path(first), Path(second)):
-        folder = root / "tables" if (root / "tables").is_dir() else root
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no tables folder at {root} (expected a results folder or its tables/)")
-        folders.append({p.name: p for p in sorted(folder.glob("*.csv"))})
-    a, b = folders
-    result = {"tables": [], "values": 0, "different": {}, "only_first": sorted(set(a) - set(b)), "only_second": sorted(set(b) - set(a))}
-    for name in sorted(set(a) & set(b)):
-        result["tables"].append(name)
-        difference, values = _frame_difference(pd.read_csv(a[name]), pd.read_csv(b[name]))
-        result["values"] += values
-        if difference:
-            result["different"][name] = difference
-    return result
-
-
-# Not compared by `compare_outputs`: the jobs' logs and the report's pages (they show wall-clock times).
-UNCOMPARED_FOLDERS = ("logs", "report")
-
-
-def _value_difference(x, y, where: str) -> str | None:
-    """The first difference between two loaded values (dicts, lists, tensors, arrays, scalars), exactly;
-    entries named in TIMING_COLUMNS are left out."""
-    import numpy as np
-
-    if isinstance(x, dict) and isinstance(y, dict):
-        if set(x) != set(y):
-            return f"{where or 'top level'}: keys {sorted(map(str, set(x) ^ set(y)))} are in only one"
-        return next((d for k in x if k not in TIMING_COLUMNS and (d := _value_difference(x[k], y[k], f"{where}.{k}" if where else str(k)))), None)
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        if len(x) != len(y):
-            return f"{where}: lengths {len(x)} vs {len(y)}"
-        return next((d for i, (a, b) in enumerate(zip(x, y)) if (d := _value_difference(a, b, f"{where}[{i}]"))), None)
-    if hasattr(x, "detach") and hasattr(y, "detach"):  # torch tensors
-        x, y = x.detach().cpu().numpy(), y.detach().cpu().numpy()
-    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return f"{where}: arrays differ ({x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)})"
-        unequal = (x != y) & ~((x != x) & (y != y)) if x.dtype.kind in "fc" else x != y  # NaN equals NaN here
-        return f"{where}: {int(np.sum(unequal))} of {x.size} values differ" if np.any(unequal) else None
-    if type(x) is not type(y) or not (x == y or (x != x and y != y)):  # NaN equals NaN here
-        return f"{where}: {_plain(x)!r} vs {_plain(y)!r}"
-    return None
-
-
-def _load_output(path: Path):
-    """A file's content for comparison by value: JSON, torch (weights only) and NumPy archives; None: compare bytes."""
-    import json
-
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    if path.suffix == ".pt":
-        import torch
-
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if path.suffix == ".npz":
-        import numpy as np
-
-        with np.load(path) as archive:
-            return {key: archive[key] for key in archive.files}
-    return None
-
-
-def compare_outputs(first: str | Path, second: str | Path) -> dict:
-    """Every output file of two runs' results folders compared exactly, wall-clock timings aside.
-
-    Files outside `logs/` and `report/` (UNCOMPARED_FOLDERS): the same bytes; or, where the bytes
-    differ, the same content: CSV tables value for value without their TIMING_COLUMNS, JSON, torch
-    checkpoints and NumPy archives entry for entry without entries so named (tensors and arrays
-    exactly, NaN equal to NaN). Zarr stores are compared file by file (chunks bytewise, metadata as JSON).
-    Returns {"files": paths compared, "different": {path: what differs}, "only_first": [...], "only_second": [...]}.
-    """
-    listings = []
-    for root in (Path(first), Path(second)):
-        if not root.is_dir():
-            raise FileNotFoundError(f"no results folder at {root}")
-        listings.append({str(p.relative_to(root)): p for p in sorted(root.rglob("*"))
-                         if p.is_file() and p.relative_to(root).parts[0] not in UNCOMPARED_FOLDERS})
-    a, b = listings
-    result = {"files": [], "different": {}, "only_first": sorted(set(a) - set(b)), "only_second": sorted(set(b) - set(a))}
-    for name in sorted(set(a) & set(b)):
-        result["files"].append(name)
-        if a[name].read_bytes() == b[name].read_bytes():
-            continue
-        if a[name].suffix == ".csv":
-            difference = _frame_difference(pd.read_csv(a[name]), pd.read_csv(b[name]))[0]
-        else:
-            content = _load_output(a[name])
-            difference = "the bytes differ" if content is None else _value_difference(content, _load_output(b[name]), "")
-        if difference:
-            result["different"][name] = difference
-    return result

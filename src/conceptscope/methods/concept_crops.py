@@ -42,7 +42,7 @@ from ..index import CropIndex
 from ..models import fit_input
 from ..store import CropStore, layer_store_name
 from ..viz import cut_crop, dataset_image
-from .concepts import stitch_crops
+from .prediction_test import stitch_crops
 
 
 @dataclass

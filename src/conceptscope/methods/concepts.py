@@ -5,7 +5,7 @@ layer's activations and their attribution for A, keep each spatial position with
 attribution scaled by that attribution, and factorise all kept activation vectors with NMF into n
 concepts (Sec. 4.1). Concepts are shown as their most similar dataset crops (Sec. 4.2, `index.py`)
 and tested by stitching one crop per concept into a single image that the model should predict as
-A (Sec. 4.3).
+A (Sec. 4.3, `prediction_test.py`).
 
     sample = sample_class(model, dataset, "features.18", target=388, preprocess=preprocess)
     concepts = ConceptExtractor(n_concepts=4).fit(sample.activations, sample.attributions, layer="features.18")
@@ -20,22 +20,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..activations import LayerRecorder
 from ..attribution import get_attribution_method, layer_attribution
-from ..models import build_transform, fit_input
 from ..utils import float32_array
 
 # Sec. 4.1 / 4.3: four concepts for the penultimate layer; Sec. 4.1 and App. D.1: 500 images.
 N_CONCEPTS = 4
 MAX_IMAGES = 500
-# Sec. 4.2: dataset crops of 74 x 74 pixels (a 3 x 3 grid of the 224 x 224 input).
-CROP_SIZE = 74
-
 
 
 def check_non_negative(activations: np.ndarray, layer: str | None = None) -> None:
@@ -395,87 +390,3 @@ def _class_samples(model, dataset, targets, starts, layer, method, batch_size, p
                     next_class += 1
             position += len(images)
             bar.update(len(images))
-
-
-# --------------------------------------------------------------------------------------------
-# The prediction test (Sec. 4.3)
-
-
-def _as_image(crop) -> Image.Image:
-    if isinstance(crop, Image.Image):
-        return crop
-    array = np.asarray(crop)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise ValueError(f"crops must be PIL images or uint8 arrays (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
-    return Image.fromarray(array)
-
-
-def stitch_crops(crops: Sequence[Image.Image | np.ndarray], size: int = CROP_SIZE) -> Image.Image:
-    """One crop per concept, each resized to size x size, concatenated in the height dimension.
-
-    Sec. 4.3: "we first combine the dataset visualization for each of the n concepts into a single
-    image, by concatenating them in the height dimension" - the result is size wide and n * size
-    high, concept 1 on top. size defaults to the paper's 74 px crops (Sec. 4.2); for other models use
-    input_size // grid. Greyscale crops give a greyscale image, anything else RGB.
-    """
-    if not len(crops):
-        raise ValueError("no crops to stitch")
-    images = [_as_image(crop) for crop in crops]
-    mode = "L" if all(image.mode == "L" for image in images) else "RGB"
-    canvas = Image.new(mode, (size, size * len(images)))
-    for i, image in enumerate(images):
-        canvas.paste(image.convert(mode).resize((size, size), Image.BILINEAR), (0, i * size))
-    return canvas
-
-
-def stitch_transform(preprocess: dict):
-    """The model's preprocessing without resize and centre crop: the stitched image is fed whole,
-    at its own size (size x n*size), as the crops in crops mode are."""
-    return build_transform({**preprocess, "resize": None, "input_size": None})
-
-
-@dataclass(frozen=True)
-class PredictionTest:
-    """The model's verdict on stitched explanation images (the columns of the paper's Table 1)."""
-
-    target: np.ndarray  # (k,)
-    target_prob: np.ndarray  # (k,) softmax probability of the target class ("average pred")
-    predicted: np.ndarray  # (k,) argmax class
-    probs: np.ndarray | None = None  # (k, classes) the whole softmax
-
-    @property
-    def predicts_target(self) -> np.ndarray:
-        """(k,) whether the target is the majority class ("predicts target class")."""
-        return self.predicted == self.target
-
-
-@torch.no_grad()
-def prediction_test(
-    model: nn.Module,
-    transform,
-    images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
-    target: int | Sequence[int],
-) -> PredictionTest:
-    """Softmax probability of `target` and the argmax class for each stitched image (Sec. 4.3).
-
-    `transform` maps a PIL image to the model's input tensor; use `stitch_transform(preprocess)`
-    so that no crop of the stitched image is cut away. Images may differ in size.
-    """
-    if isinstance(images, (Image.Image, np.ndarray)):
-        images = [images]
-    images = [_as_image(image) for image in images]
-    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(images),)).copy()
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs, predicted = [], []
-    try:
-        for image in images:  # one at a time: stitched images of different n differ in size
-            # a model with a fixed input size (ViT) gets the stitched image resized to it
-            logits = model(fit_input(model, transform(image).unsqueeze(0).to(device)))[0].float()
-            probs.append(torch.softmax(logits, dim=0).cpu().numpy())
-            predicted.append(int(logits.argmax()))
-    finally:
-        model.train(was_training)
-    target_prob = np.array([p[t] for p, t in zip(probs, targets)], dtype=np.float64)
-    return PredictionTest(target=targets, target_prob=target_prob, predicted=np.asarray(predicted, dtype=np.int64), probs=np.stack(probs))
