@@ -50,7 +50,7 @@ class IndexParams:
     pq_m: int = 64
     refine_k_factor: int = 128
     rerank_codes: str = "SQ4"
-    exact_k_factor: int = 2
+    exact_k_factor: int = 4
     hnsw_m: int = 32
     coarse: str = "auto"
     ef_search: int = 128
