@@ -89,7 +89,7 @@ def test_readme_has_commands_and_the_ci_test_command():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci == "bash scripts/install.sh && .venv/bin/python -m pytest"
     assert ci in code_lines(README.read_text())
-    assert re.search(r"\d+ tests in \d+ min \d+ s on this 2-core machine", README.read_text())
+    assert re.search(r"\d+ tests, under \d+ minutes on this 2-core machine", README.read_text())  # the suite's size and time
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(argv) for argv in COMMANDS])
