@@ -50,6 +50,7 @@ def test_front_page_leads_with_the_verdict_by_method_and_one_figure_per_method(t
     summary = shortcut_summary({"models": models, "cluscam_watermark": saliency}, [("a_shortcut", "a_clean", "ds")])
     table = verdict_by_method(summary).set_index("method")["a_shortcut"]
     assert table.to_dict() == {"prediction (ground truth)": "detected", "Grad-CAM": "detected", "RISE": "not detected (1 measure)"}
+    assert list(table.index) == ["prediction (ground truth)", "Grad-CAM", "RISE"]  # the ground truth first
     # a concepts crop folder: the figure of the shortcut class is chosen over the others
     crops = tmp_path / "crops" / "figures"
     crops.mkdir(parents=True)

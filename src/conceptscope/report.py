@@ -288,7 +288,9 @@ def verdict_by_method(summary: pd.DataFrame) -> pd.DataFrame:
         k, n = int((part["verdict"] == "detected").sum()), len(part)
         cell = "detected" if k == n else f"detected by {k} of {n} measures" if k else f"not detected ({n} measure{'s' * (n > 1)})"
         rows.setdefault(METHOD_NAMES.get(method, method), {})[model] = cell
+    order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # the ground truth first, then method by method
     frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
+    frame = frame.loc[sorted(frame.index, key=lambda name: order.get(name, len(order)))]
     return frame.rename_axis("method").reset_index()
 
 
