@@ -494,16 +494,18 @@ def front_figures():
     (its deepest layer), else of the method's first job. Dicts of method, model, dataset, path; a
     concepts or contrast entry is the job's crop folder, the figure of the shortcut class is taken from it."""
     shortcut = [(model, ds) for model, _, ds in shortcut_pairs(MODELS, DATASETS)]
-    figures = config["cladec"]["figures"], config["nave"]["figures"], config["cluscam"]["figures"]
+    drawn = {block: bool(config[block]["figures"]) for block in ("cladec", "nave", "cluscam")}  # figures: 0 draws none
     jobs = {
         "class concepts": [(ds, m, layer, result("concepts", ds, m, layer, "crops")) for ds, m, layer in concept_jobs()],
         "class contrasting": [
             (ds, m, layer, result("contrast", ds, m, layer, "concepts", "crops")) for ds, m, layer in method_jobs("contrast")
         ],
-        "ClaDec": [(ds, m, layer, result("figures", "cladec", ds, m, f"{layer}.png")) for ds, m, layer in cladec_jobs() if figures[0]],
-        "NAVE": [(ds, m, "", result("figures", "nave", ds, m, "segments.png")) for ds, m in nave_pairs() if figures[1]],
+        "ClaDec": [(ds, m, layer, result("figures", "cladec", ds, m, f"{layer}.png")) for ds, m, layer in cladec_jobs() if drawn["cladec"]],
+        "NAVE": [(ds, m, "", result("figures", "nave", ds, m, "segments.png")) for ds, m in nave_pairs() if drawn["nave"]],
         "DORA": [(ds, m, layer, result("figures", "dora", ds, m, f"{layer}_atlas.png")) for ds, m, layer in dora_jobs()],
-        "ClusCAM": [(ds, m, layer, result("figures", "cluscam", ds, m, f"{layer}.png")) for ds, m, layer in cluscam_jobs() if figures[2]],
+        "ClusCAM": [
+            (ds, m, layer, result("figures", "cluscam", ds, m, f"{layer}.png")) for ds, m, layer in cluscam_jobs() if drawn["cluscam"]
+        ],
     }
     chosen = []
     for method, runs in jobs.items():

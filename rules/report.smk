@@ -4,10 +4,13 @@
 report: front_page_path()
 
 
+FRONT_FIGURES = front_figures()
+
+
 rule summarize_shortcut:
     input:
         tables=lambda w: [result("tables", f"{name}.csv") for name in run_tables() if name in SHORTCUT_TABLES],
-        figures=[figure["path"] for figure in front_figures()],
+        figures=[figure["path"] for figure in FRONT_FIGURES],
     output:
         summary=result("tables", "shortcut_summary.csv"),
         front=result("report", "front.rst"),
@@ -19,7 +22,7 @@ rule summarize_shortcut:
     params:
         config={key: config[key] for key in ("results", "seed", "device", "datasets", "models")},
         tables=lambda w: run_tables() + ["shortcut_summary"],
-        figures=front_figures(),
+        figures=FRONT_FIGURES,
     script:
         "../workflow_scripts/summarize_shortcut.py"
 

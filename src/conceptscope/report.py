@@ -264,8 +264,8 @@ def _fmt(value) -> str:
 
 
 # Snakemake's viewer shows the front page at 32rem beside the workflow graph, centred in a screen-high
-# box: wider tables ran under the graph and the page's top and left were cut off. The page's text
-# takes the width, the graph goes below it, and a table wider than the window scrolls in its own box.
+# box, so a wider table runs under the graph and a long page's top and left are cut off. This style
+# gives the page's text the width, puts the graph below it, and scrolls a too-wide table in its own box.
 FRONT_PAGE_STYLE = """<style>
 #app div.h-screen:has(#rulegraph) { align-items: flex-start; justify-content: flex-start; }
 #app div.flex:has(> div > .prose) { flex-direction: column; }
