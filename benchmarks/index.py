@@ -111,7 +111,8 @@ def main() -> None:
 
     import faiss
 
-    from conceptscope.index import CropIndex, IndexParams, build_crop_index, normalise
+    from conceptscope.crop_search import CropIndex
+    from conceptscope.index import IndexParams, build_crop_index, normalise
 
     data, store = crop_store(args.grids)
     n, dim = store.vectors.shape

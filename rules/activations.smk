@@ -62,7 +62,7 @@ rule build_crop_index:
         "../envs/conceptscope.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=index_build_mem_mb,
         runtime=720,
     params:
         index=config["index"],

@@ -211,6 +211,16 @@ def contrast_training_mem_mb(wildcards, input):
     )
 
 
+def index_build_mem_mb(wildcards, input):
+    """build_crop_index: the index's codes, its training sample and one read of the layer's crop store."""
+    meta = _written_json(Path(input.crops, f"{wildcards.layer}.zarr", "vectors", "zarr.json"))
+    if meta is None:
+        return 16000
+    n_vectors, dim = meta["shape"]
+    read_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    return conceptscope.job_memory.index_build_mb(n_vectors, dim, config["index"], read_rows)
+
+
 def crop_search_mem_mb(wildcards, input):
     """concept_crops, contrast_crops: the crop pools' indexes in RAM (their files and vector counts)."""
     infos = [_written_json(f"{path}.json") for path in input.pool_index]

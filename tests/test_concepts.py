@@ -277,7 +277,8 @@ def test_the_stricter_variant_excludes_crops_the_model_sees_as_the_class_when_st
     resized to 224 px but stitched at 74 px, where MobileNetV2 may see A in it; those crops are
     excluded too, so exclusion describes the image that is tested."""
     from conceptscope.crops import extract_crop_vectors
-    from conceptscope.index import CropIndex, IndexParams, build_crop_index
+    from conceptscope.crop_search import CropIndex
+    from conceptscope.index import IndexParams, build_crop_index
     from conceptscope.methods.concept_crops import CropPool, StitchedCropClassifier, hit_records, search_pools, stitch_hits
     from conceptscope.store import CropStore
 

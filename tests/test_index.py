@@ -10,7 +10,8 @@ from conceptscope.activations import select_images
 from conceptscope.config import resolve_config
 from conceptscope.crops import extract_crop_vectors
 from conceptscope.data import PreparedDataset, prepare_dataset
-from conceptscope.index import CropIndex, IndexParams, brute_force_search, build_crop_index, choose_type, index_info, save_index
+from conceptscope.crop_search import CropIndex, brute_force_search
+from conceptscope.index import IndexParams, build_crop_index, choose_type, index_info, save_index
 from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
 from conceptscope.store import CropStore
 from conceptscope.viz import crop_grid, crop_image, tile_position
@@ -259,3 +260,31 @@ def test_auto_shards_exactly_the_stores_that_get_a_rerank_index():
     assert store_inner_rows(8, 10, IndexParams()) == 8
     with pytest.raises(ConfigError, match="crops.inner_rows"):
         resolve_config({"crops": {"inner_rows": 7, "chunk_rows": 100}})
+
+
+def test_pq_codes_default_to_fast_scan_for_the_rerank_index_and_must_divide_the_dimension():
+    from conceptscope.index import factory_string, pq_codes
+
+    assert pq_codes("ivf_pq_rerank", 1280, IndexParams()) == (256, 4)  # 0.8 bits a dimension, SIMD-scanned
+    assert pq_codes("ivf_pq", 1280, IndexParams()) == (64, 8)
+    assert pq_codes("ivf_pq_rerank", 576, IndexParams()) == (96, 4)  # the largest divisor of 576 up to 115
+    assert pq_codes("ivf_pq", 1280, IndexParams(pq_m=128, pq_nbits=4)) == (128, 4)
+    assert factory_string("ivf_pq_rerank", 11_500_000, IndexParams(nlist=4096), 1280) == "IVF4096_HNSW32,PQ256x4fs,Refine(SQ6)"
+    with pytest.raises(ValueError, match="pq_m = 100 must divide the vector dimension 1280"):
+        pq_codes("ivf_pq", 1280, IndexParams(pq_m=100))
+    with pytest.raises(ValueError, match="pq_nbits = 6"):
+        IndexParams(pq_nbits=6)
+
+
+def test_exact_stage_reads_a_few_crops_of_each_of_the_best_images():
+    from conceptscope.crop_search import _best_of_images
+
+    image_ids = np.array([0, 0, 0, 0, 1, 1, 2, 3])
+    # candidates ranked by the in-RAM codes: image 0 fills the head of the list
+    candidates = np.array([[0, 1, 2, 3, 4, 6, 5, 7], [4, 0, 5, 1, 6, -1, -1, -1]])
+    kept, complete = _best_of_images(candidates, image_ids, images=3, per_image=2)
+    np.testing.assert_array_equal(kept, [[0, 1, 4, 6, 5, -1], [4, 0, 5, 1, 6, -1]])
+    assert complete  # the first list holds 3 images, the second ended
+    kept, complete = _best_of_images(candidates[:1], image_ids, images=5, per_image=1)
+    np.testing.assert_array_equal(kept, [[0, 4, 6, 7, -1]])
+    assert not complete  # only 4 images in a list that did not end: the caller widens it

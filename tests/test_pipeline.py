@@ -183,7 +183,7 @@ def test_stores_of_the_tiny_run_are_complete_and_readable(finished_run):
     assert acts.activations.shape == (120, 512, 1, 1) and acts.attrs["selection"]["split"] == "test"
     crops = open_crops(workdir / "results", "photos", "mobilenet_v2", "features.18")
     assert crops.vectors.shape == (25 * 9, 1280) and crops.attrs["mode"] == "cells"
-    from conceptscope.index import CropIndex
+    from conceptscope.crop_search import CropIndex
 
     index = CropIndex.open(workdir / "results" / "index" / "photos" / "mobilenet_v2" / "features.18.faiss", crops)
     scores, rows = index.search(crops.vectors[:3], m=4)
@@ -227,7 +227,7 @@ def test_concept_tables_figures_and_the_stricter_variant(finished_run):
 def test_pooled_search_equals_brute_force_over_the_union(finished_run):
     import numpy as np
 
-    from conceptscope.index import brute_force_search
+    from conceptscope.crop_search import brute_force_search
     from conceptscope.methods.concept_crops import CropPool, search_pools
 
     workdir, _ = finished_run

@@ -8,26 +8,28 @@ similarity is the inner product. Index types (one registry, chosen by config or 
     flat      exact scan (the default below `exact_below` vectors)
     ivf_flat  inverted lists over k-means cells, full float32 vectors
     ivf_sq8   inverted lists, 8-bit scalar-quantised vectors (4x smaller, near-exact distances)
-    ivf_pq    inverted lists, product-quantised codes (`pq_m` bytes per vector)
+    ivf_pq    inverted lists, product-quantised codes (`pq_m` sub-quantisers of `pq_nbits` bits;
+              4 bits are scanned with FAISS's SIMD fast-scan kernels)
     ivf_pq_refine  ivf_pq codes scanned, the best `refine_k_factor` * m re-ranked with 8-bit codes
               of the full vectors (near-exact ranking, but 8 bits a dimension held in RAM)
-    ivf_pq_rerank  ivf_pq codes scanned, the best re-ranked with compact `rerank_codes` in RAM
-              (4 bits a dimension by default), the best `exact_k_factor` * m of those re-ranked
-              exactly with their vectors read back from the crop store (the default above
-              `exact_below`: RAM grows by pq_m + dim / 2 + 8 bytes a vector, the ranking is exact)
+    ivf_pq_rerank  4-bit fast-scan PQ codes scanned (dim / 5 sub-quantisers by default), the best
+              re-ranked with compact `rerank_codes` in RAM (6 bits a dimension by default), then
+              the best few crops of each of the best `exact_k_factor` * m images re-ranked exactly
+              with their vectors read back from the crop store (the default above `exact_below`:
+              RAM grows by dim / 10 + 3 dim / 4 + 8 bytes a vector, the ranking is exact)
     hnsw      graph index over full vectors
 
-    index = build_crop_index(open_crops("results", "imagenette", "mobilenet_v2", "features.18"))
-    scores, rows = CropIndex(index, store.image_ids).search(concepts, m=8, one_per_image=True)
+    store = open_crops("results", "imagenette", "mobilenet_v2", "features.18")
+    index = build_crop_index(store, params)
+    save_index(index, path, index_info(index, params, store))  # searched by crop_search.CropIndex
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import faiss
 import numpy as np
@@ -47,10 +49,12 @@ class IndexParams:
     exact_below: int = 200_000
     nlist: int | None = None
     nprobe: int = 64
-    pq_m: int = 64
+    pq_m: int | None = None
+    pq_nbits: int | None = None
     refine_k_factor: int = 128
-    rerank_codes: str = "SQ4"
+    rerank_codes: str = "SQ6"
     exact_k_factor: int = 4
+    exact_per_image: int = 2
     hnsw_m: int = 32
     coarse: str = "auto"
     ef_search: int = 128
@@ -62,6 +66,8 @@ class IndexParams:
     def __post_init__(self):
         if self.type not in INDEX_TYPES:
             raise ValueError(f"unknown index type {self.type!r}; expected one of {INDEX_TYPES}")
+        if self.pq_nbits not in (None, 4, 8):
+            raise ValueError(f"index.pq_nbits = {self.pq_nbits!r}; expected 4, 8 or null")
 
 
 def choose_type(params: IndexParams, n: int) -> str:
@@ -86,8 +92,25 @@ def default_nlist(n: int) -> int:
     return int(max(16, min(nlist, max(16, n // 39))))
 
 
-def factory_string(kind: str, n: int, params: IndexParams) -> str:
-    """The faiss.index_factory description of an index type for n vectors.
+def pq_codes(kind: str, dim: int, params: IndexParams) -> tuple[int, int]:
+    """(sub-quantisers, bits each) of the PQ codes of an index type over vectors of dimension dim.
+
+    Unset, ivf_pq_rerank scans 4-bit fast-scan codes with about dim / 5 sub-quantisers (0.8 bits
+    a dimension: at 11.5M crops the candidates it passes on hold the true neighbours as often as
+    8-bit codes of the same size, at half the scan time, docs/scale.md); the other PQ types use
+    64 8-bit sub-quantisers. Unset counts become the largest divisor of dim not above them.
+    """
+    nbits = params.pq_nbits or (4 if kind == "ivf_pq_rerank" else 8)
+    if params.pq_m:
+        if dim % params.pq_m:
+            raise ValueError(f"index.pq_m = {params.pq_m} must divide the vector dimension {dim}")
+        return params.pq_m, nbits
+    target = max(1, dim // 5) if nbits == 4 else 64
+    return max(m for m in range(1, min(target, dim) + 1) if dim % m == 0), nbits
+
+
+def factory_string(kind: str, n: int, params: IndexParams, dim: int) -> str:
+    """The faiss.index_factory description of an index type for n vectors of dimension dim.
 
     IVF cells are found by an exact scan of the centroids (`coarse: flat`) or, from 1024 lists on
     with `coarse: auto`, by an HNSW graph over them (`hnsw`): the centroid scan dominates the
@@ -96,15 +119,45 @@ def factory_string(kind: str, n: int, params: IndexParams) -> str:
     nlist = params.nlist or default_nlist(n)
     coarse = params.coarse if params.coarse != "auto" else ("hnsw" if nlist >= 1024 else "flat")
     ivf = f"IVF{nlist}" + ("_HNSW32" if coarse == "hnsw" else "")
+    pq = ""
+    if kind.startswith("ivf_pq"):
+        m, nbits = pq_codes(kind, dim, params)
+        pq = f"PQ{m}" + ("x4fs" if nbits == 4 else "")
     return {
         "flat": "Flat",
         "ivf_flat": f"{ivf},Flat",
         "ivf_sq8": f"{ivf},SQ8",
-        "ivf_pq": f"{ivf},PQ{params.pq_m}",
-        "ivf_pq_refine": f"{ivf},PQ{params.pq_m},Refine(SQ8)",
-        "ivf_pq_rerank": f"{ivf},PQ{params.pq_m},Refine({params.rerank_codes})",
+        "ivf_pq": f"{ivf},{pq}",
+        "ivf_pq_refine": f"{ivf},{pq},Refine(SQ8)",
+        "ivf_pq_rerank": f"{ivf},{pq},Refine({params.rerank_codes})",
         "hnsw": f"HNSW{params.hnsw_m},Flat",
     }[kind]
+
+
+def bytes_per_vector(kind: str, dim: int, params: IndexParams) -> float:
+    """RAM of one vector in a built index of this type (codes and id), as FAISS stores it."""
+    if kind == "flat":
+        return 4 * dim
+    if kind == "hnsw":
+        return 4 * dim + 8 * params.hnsw_m
+    if kind in ("ivf_flat", "ivf_sq8"):
+        return 8 + (4 * dim if kind == "ivf_flat" else dim)
+    m, nbits = pq_codes(kind, dim, params)
+    codes = 8 + m * nbits / 8
+    if kind == "ivf_pq_refine":
+        return codes + dim
+    if kind == "ivf_pq_rerank":
+        sq_bits = {"SQ4": 4, "SQ6": 6, "SQ8": 8, "SQfp16": 16}.get(params.rerank_codes)
+        if sq_bits:
+            return codes + dim * sq_bits / 8
+        pq = params.rerank_codes.removeprefix("PQ")
+        return codes + (int(pq) if pq.isdigit() else 4 * dim)  # unknown codes: at most float32
+    return codes
+
+
+def training_rows(params: IndexParams, n: int) -> int:
+    """Sample rows that train an IVF index: `train_size`, else 40 a list (faiss's minimum is 39)."""
+    return min(n, params.train_size or 40 * (params.nlist or default_nlist(n)))
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -160,16 +213,14 @@ def build_crop_index(store: CropStore, params: IndexParams | None = None, progre
     params = params or IndexParams()
     n, dim = store.vectors.shape
     kind = choose_type(params, n)
-    if kind.startswith("ivf_pq") and dim % params.pq_m:
-        raise ValueError(f"index.pq_m = {params.pq_m} must divide the vector dimension {dim}")
-    index = faiss.index_factory(dim, factory_string(kind, n, params), faiss.METRIC_INNER_PRODUCT)
-    on_gpu = _gpu_wanted(params.gpu) and kind in ("flat", "ivf_flat", "ivf_sq8", "ivf_pq")
+    index = faiss.index_factory(dim, factory_string(kind, n, params, dim), faiss.METRIC_INNER_PRODUCT)
+    fast_scan = kind.startswith("ivf_pq") and pq_codes(kind, dim, params)[1] == 4  # no GPU version
+    on_gpu = _gpu_wanted(params.gpu) and kind in ("flat", "ivf_flat", "ivf_sq8", "ivf_pq") and not fast_scan
     if on_gpu:
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, 0, index)
     if not index.is_trained:
-        nlist = params.nlist or default_nlist(n)
-        sample = _training_sample(store, params.train_size or 40 * nlist, params.seed, progress)
+        sample = _training_sample(store, training_rows(params, n), params.seed, progress)
         configure_training(index, params)
         index.train(sample)
         del sample
@@ -226,174 +277,10 @@ def index_info(index: faiss.Index, params: IndexParams, store: CropStore) -> dic
     n = index.ntotal
     return {
         "type": choose_type(params, n),
-        "factory": factory_string(choose_type(params, n), n, params),
+        "factory": factory_string(choose_type(params, n), n, params, index.d),
         "ntotal": int(n),
         "dim": int(index.d),
         "params": asdict(params),
         "crop_store": str(store.path),
         "crop_attrs": {k: v for k, v in store.attrs.items() if k != "versions"},
     }
-
-
-class CropIndex:
-    """Top-m crop retrieval by cosine similarity, with the filters the concept methods need.
-
-    `exact_rows`: a function from crop-store rows to their vectors (`CropStore.vector_reader.read`);
-    given one, the index's best `exact_k_factor` * m candidates are re-ranked by their exact cosine
-    similarity, so scores and order are those of an exact scan over the candidates.
-    """
-
-    def __init__(
-        self,
-        index: faiss.Index,
-        image_ids: np.ndarray,
-        params: IndexParams | None = None,
-        exact_rows: Callable[[np.ndarray], np.ndarray] | None = None,
-    ):
-        if index.ntotal != len(image_ids):
-            raise ValueError(f"index holds {index.ntotal} vectors, but {len(image_ids)} image ids were given")
-        self.index = index
-        self.image_ids = np.asarray(image_ids)
-        self.params = params or IndexParams()
-        self.exact_rows = exact_rows
-        set_search_params(index, self.params)
-
-    @classmethod
-    def open(cls, path: str | Path, store: CropStore, params: IndexParams | None = None) -> "CropIndex":
-        """Load a saved index and the image ids of its crop store (and its vectors, for `ivf_pq_rerank`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no crop index at {path}")
-        info_path = path.with_suffix(path.suffix + ".json")
-        saved = IndexParams(**json.loads(info_path.read_text())["params"]) if info_path.is_file() else None
-        params = params or saved or IndexParams()
-        index = faiss.read_index(str(path))
-        exact = store.vector_reader.read if choose_type(params, index.ntotal) == "ivf_pq_rerank" else None
-        return cls(index, store.image_ids, params, exact)
-
-    def _search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
-        if self.exact_rows is None:
-            return self.index.search(queries, k, params=params)
-        wide = min(self.index.ntotal, k * max(1, self.params.exact_k_factor))
-        _, candidates = self.index.search(queries, wide, params=params)
-        return exact_rerank(queries, candidates, self.exact_rows, k)
-
-    def _search_parameters(self, allowed: np.ndarray | None):
-        selector = None
-        if allowed is not None:
-            self._bitmap = np.packbits(allowed, bitorder="little")  # kept alive during the search
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self._bitmap))
-        ivf = faiss.try_extract_index_ivf(self.index)
-        if isinstance(faiss.downcast_index(self.index), faiss.IndexRefine):
-            base = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
-            self._base_params = base  # the refine parameters do not own it
-            return faiss.IndexRefineSearchParameters(k_factor=self.params.refine_k_factor, base_index_params=base)
-        if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
-        if getattr(faiss.downcast_index(self.index), "hnsw", None) is not None:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
-
-    def search(
-        self,
-        queries: np.ndarray,
-        m: int = 8,
-        *,
-        exclude_images: Iterable[int] | None = None,
-        exclude_rows: np.ndarray | None = None,
-        one_per_image: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(k, C) query vectors -> (scores, rows), each (k, m): cosine similarity and crop-store row.
-
-        `exclude_images`: image ids whose crops never appear (e.g. images predicted as the class
-        being explained). `exclude_rows`: crops that never appear, as a boolean mask over the rows
-        or as row numbers (e.g. crops predicted as that class on their own). The filters act inside
-        the index search (a FAISS ID selector), so the result is the top m among the admissible
-        crops. `one_per_image`: at most one crop per image in each result row.
-        Missing results (fewer admissible crops than m) are row -1, score -inf.
-        """
-        queries = normalise(np.atleast_2d(queries))
-        allowed = None
-        if exclude_images is not None:
-            excluded = np.fromiter(exclude_images, dtype=self.image_ids.dtype)
-            if len(excluded):
-                allowed = ~np.isin(self.image_ids, excluded)
-        if exclude_rows is not None:
-            exclude_rows = np.asarray(exclude_rows)
-            if exclude_rows.dtype == bool and exclude_rows.shape != self.image_ids.shape:
-                raise ValueError(f"exclude_rows mask has shape {exclude_rows.shape}, the index holds {len(self.image_ids)} crops")
-            if exclude_rows.dtype == bool and allowed is None:
-                allowed = ~exclude_rows if exclude_rows.any() else None  # one pass over the mask
-            elif len(exclude_rows):
-                allowed = np.ones(len(self.image_ids), bool) if allowed is None else allowed
-                allowed[exclude_rows] = False
-        params = self._search_parameters(allowed)
-        ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is not None:  # few queries: spread the probed lists over the threads, not the queries
-            ivf.parallel_mode = 1 if len(queries) < faiss.omp_get_max_threads() else 0
-        if not one_per_image:
-            scores, rows = self._search(queries, m, params)
-            return _pad(scores, rows)
-        k = min(self.index.ntotal, 4 * m)
-        while True:
-            scores, rows = self._search(queries, k, params)
-            out_scores, out_rows, complete = _first_per_image(scores, rows, self.image_ids, m)
-            if complete or k >= self.index.ntotal:
-                return _pad(out_scores, out_rows)
-            k = min(self.index.ntotal, 4 * k)
-
-
-def exact_rerank(queries: np.ndarray, candidates: np.ndarray, exact_rows: Callable[[np.ndarray], np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's candidate rows (-1: none) ordered by exact cosine similarity, the best k kept.
-
-    The candidates' vectors are read once (`exact_rows`), normalised, and scored against the
-    (normalised) queries; ties keep the candidates' order.
-    """
-    valid = candidates >= 0
-    unique, inverse = np.unique(candidates[valid], return_inverse=True)
-    vectors = normalise(exact_rows(unique)) if len(unique) else np.empty((0, queries.shape[1]), np.float32)
-    position = np.full(candidates.shape, -1, np.int64)
-    position[valid] = inverse
-    sims = np.einsum("qkd,qd->qk", vectors[np.maximum(position, 0)], queries)
-    sims[~valid] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    scores = np.take_along_axis(sims, order, axis=1)
-    rows = np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
-    if rows.shape[1] < k:  # fewer candidates than k (a small index): pad as FAISS does
-        pad = k - rows.shape[1]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-    return scores.astype(np.float32), rows
-
-
-def _pad(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
-    return scores, rows.astype(np.int64)
-
-
-def _first_per_image(scores, rows, image_ids, m):
-    out_scores = np.full((len(rows), m), -np.inf, np.float32)
-    out_rows = np.full((len(rows), m), -1, np.int64)
-    complete = True
-    for q in range(len(rows)):
-        seen, j = set(), 0
-        for score, row in zip(scores[q], rows[q]):
-            if row < 0:
-                break
-            image = image_ids[row]
-            if image in seen:
-                continue
-            seen.add(image)
-            out_scores[q, j], out_rows[q, j] = score, row
-            j += 1
-            if j == m:
-                break
-        complete &= j == m
-    return out_scores, out_rows, complete
-
-
-def brute_force_search(vectors: np.ndarray, queries: np.ndarray, m: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-m by a NumPy scan (vectors need not be normalised): the reference."""
-    sims = normalise(queries) @ normalise(vectors).T
-    rows = np.argsort(-sims, axis=1, kind="stable")[:, :m]
-    return np.take_along_axis(sims, rows, axis=1), rows

@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import WATERMARK_COLUMNS, PreparedDataset
-from ..index import CropIndex
+from ..crop_search import CropIndex
 from ..models import fit_input
 from ..store import CropStore, layer_store_name
 from ..viz import cut_crop, dataset_image

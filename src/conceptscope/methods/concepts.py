@@ -3,7 +3,7 @@
 Why does the model predict class A? Take up to 500 images the model predicts as A, record a hidden
 layer's activations and their attribution for A, keep each spatial position with positive
 attribution scaled by that attribution, and factorise all kept activation vectors with NMF into n
-concepts (Sec. 4.1). Concepts are shown as their most similar dataset crops (Sec. 4.2, `index.py`)
+concepts (Sec. 4.1). Concepts are shown as their most similar dataset crops (Sec. 4.2, `crop_search.py`)
 and tested by stitching one crop per concept into a single image that the model should predict as
 A (Sec. 4.3, `prediction_test.py`).
 
