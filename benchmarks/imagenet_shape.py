@@ -525,6 +525,26 @@ def compared_with_paper(projected: dict[str, dict]) -> dict[str, dict]:
             for step, rules in steps.items()}
 
 
+def projected_figures(projected: dict) -> dict:
+    return {
+        "projection": projected,
+        "projected_cpu_hours_full": sum(p["cpu_seconds"] for p in projected.values()) / 3600,
+        "projected_gpu_hours_full_h100": sum(p["h100_seconds"] for p in projected.values()) / 3600,
+        "projected_gpu_hours_full_rtx2080ti": sum(p["rtx2080ti_seconds"] for p in projected.values()) / 3600,
+        "compared_with_paper": compared_with_paper(projected),
+    }
+
+
+def reproject(topic: str) -> None:
+    """The stored run's projection recomputed from its measured stages, FLOPs, NMF and loading figures."""
+    path = RESULTS_DIR / f"{topic}.json"
+    figures = json.loads(path.read_text())
+    projected = projection(figures["stages"], figures["flops_per_image"], figures["nmf_at_paper_s"], figures["host_loading_seconds_per_image"])
+    figures.update(projected_figures(projected))
+    figures.pop("machine", None)
+    write_results(topic, figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=1000)
@@ -534,7 +554,11 @@ def main() -> None:
     parser.add_argument("--nmf-images", type=int, default=500, help="S of the NMF timing at the paper's scale (0: skip)")
     parser.add_argument("--keep-results", action="store_true", help="keep an earlier run's results (default: run from nothing)")
     parser.add_argument("--note", default="", help="a remark stored with the figures (e.g. what else ran on the machine)")
+    parser.add_argument("--reproject", action="store_true",
+                        help="recompute only the projection of the stored results from their measured stages (after index_11m.json or contrast_1000.json change)")
     args = parser.parse_args()
+    if args.reproject:
+        return reproject("imagenet_shape" if args.classes == 1000 else f"imagenet_shape_{args.classes}")
 
     tree = tree_dir(args.classes, args.per_class, args.val_per_class)
     started = time.perf_counter()
@@ -575,14 +599,10 @@ def main() -> None:
         "gpu_assumptions": {"fp32_peak_gflops": GPUS, "sustained_share_of_peak": GPU_UTILISATION,
                             "note": "no GPU here: a stage that runs the network (or the dense pair training) is projected as its "
                                     "FLOPs at the GPU's FP32 peak x the share; every other stage at this CPU's rate"},
-        "projection": projected,
         "run_hours": run["snakemake_seconds"] / 3600,
-        "projected_cpu_hours_full": sum(p["cpu_seconds"] for p in projected.values()) / 3600,
-        "projected_gpu_hours_full_h100": sum(p["h100_seconds"] for p in projected.values()) / 3600,
-        "projected_gpu_hours_full_rtx2080ti": sum(p["rtx2080ti_seconds"] for p in projected.values()) / 3600,
         "paper_gpu_hours": {**PAPER_GPU_HOURS, "total": sum(PAPER_GPU_HOURS.values()),
                             "note": "Herdt & Otero Baguer App. B, ResNet-50 on one RTX 2080 Ti; crops and index not counted there"},
-        "compared_with_paper": compared_with_paper(projected),
+        **projected_figures(projected),
     }
     write_results("imagenet_shape" if args.classes == 1000 else f"imagenet_shape_{args.classes}", figures)
 

@@ -1,6 +1,6 @@
 """Benchmark `index_11m`: a crop index over 11.5M vectors (ImageNet's crops per layer) within 24 GB.
 
-    .venv/bin/python benchmarks/index_11m.py [--n 11500000] [--nlist 4096] [--nprobe 32 64]
+    .venv/bin/python benchmarks/index_11m.py [--n 11500000] [--nlist 4096] [--nprobe 128 192]
 
 The vectors have the dimension of a layer the pipeline uses: MobileNetV2 `features.18` (1280
 channels, the real IMAGENET1K_V1 weights), cell vectors on grids 2..6 (90 crops an image):
@@ -18,8 +18,8 @@ channels, the real IMAGENET1K_V1 weights), cell vectors on grids 2..6 (90 crops 
 They are written chunk by chunk to a Zarr crop store on disk (`benchmarks/.cache/`, 29 GB, made
 once): float16, uncompressed, sharded in 16-row inner chunks, as the pipeline writes crop stores
 that get this index (`crops.inner_rows: auto`). The index is the pipeline's `build_crop_index`
-(`ivf_pq_rerank`): IVF-PQ codes and 4-bit codes in RAM, the candidates re-ranked exactly with their
-vectors read back from the store. Queries: 4 NMF concepts for each of 20 classes (the concepts
+(`ivf_pq_rerank`): 4-bit fast-scan PQ codes and 6-bit SQ codes in RAM, the best crops of the best
+images re-ranked exactly with their vectors read back from the store. Queries: 4 NMF concepts for each of 20 classes (the concepts
 method's concept vectors, over a class's 3x3 crops) and 40 crops of the store, each searched as the
 concept method does: excluding the crops of images of its class, one crop per image, m = 8. Ground
 truth: an exact scan over the store, chunk by chunk, with the same filters. Recall@8 is the share of
@@ -256,11 +256,11 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (default: the pipeline's, dim / 5 for 4-bit codes)")
     parser.add_argument("--pq-nbits", type=int, default=None, choices=[4, 8], help="bits per sub-quantiser (default: the pipeline's, 4)")
-    parser.add_argument("--rerank-codes", default="SQ6")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--k-factor", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--rerank-codes", default=None, help="the codes that re-rank PQ candidates in RAM (default: the pipeline's)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[128, 192])
+    parser.add_argument("--k-factor", type=int, nargs="+", default=[8, 16, 24])
     parser.add_argument("--exact-k-factor", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--exact-per-image", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--exact-per-image", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--build-only", action="store_true", help="build and save the index, then stop")
     parser.add_argument("--reuse-index", action="store_true",
                         help="search the index this script built and saved before (its build figures come from that build)")
@@ -289,7 +289,7 @@ def main() -> None:
     disk = sum(f.stat().st_size for f in (store.path / "vectors").rglob("*") if f.is_file())
     print(f"store: {n:,} x {dim}, {disk / 2**30:.1f} GiB of vectors on disk; peak RSS {peak_rss_gb():.2f} GB")
 
-    params = IndexParams(type="ivf_pq_rerank", nlist=args.nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, rerank_codes=args.rerank_codes, seed=args.seed)
+    params = IndexParams(type="ivf_pq_rerank", nlist=args.nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, rerank_codes=args.rerank_codes or IndexParams().rerank_codes, seed=args.seed)
     factory = factory_string("ivf_pq_rerank", n, params, dim)
     index_path = CACHE / f"index-{args.n}-{factory.replace(',', '-').replace('(', '').replace(')', '')}.faiss"
     build_record = index_path.with_suffix(".build.json")
@@ -364,7 +364,7 @@ def main() -> None:
             "n_queries": len(queries),
             "nlist": args.nlist,
             "factory": factory,
-            "rerank_codes": args.rerank_codes,
+            "rerank_codes": params.rerank_codes,
             "nprobe": chosen_key[0],
             "refine_k_factor": chosen_key[1],
             "exact_k_factor": chosen_key[2],

@@ -16,10 +16,9 @@ from conceptscope.data import imagenet_wnids
 from conceptscope.efficientnet_lite import EfficientNetLite0
 from conceptscope.models import (
     ModelError,
-    build_model,
     build_transform,
     get_layer,
-    load_state_dict,
+    pretrained_model,
     resolve_preprocess,
     weights_file,
 )
@@ -29,9 +28,7 @@ N_IMAGES = 8  # the first val image of each of 8 Imagenette classes
 
 @pytest.fixture(scope="module")
 def lite0():
-    model = build_model("efficientnet_lite0", 1000, 3)
-    load_state_dict(model, weights_file("efficientnet_lite0", "packaged"))
-    return model.eval()
+    return pretrained_model("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")

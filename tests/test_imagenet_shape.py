@@ -168,6 +168,13 @@ def test_job_memory_grows_with_the_data_and_covers_measured_peaks():
     # the crop pools' indexes: 11.5M crops at ~712 bytes in RAM need more than the old constant 8 GB
     assert job_memory.crop_search_mb([(712 * 11_530_503, 11_530_503)]) > 10_000
     assert job_memory.crop_search_mb([(6_912_045, 1350)]) < 1600  # the 50-class pool (measured peak 1.0 GB)
+    # the 11.5M-crop index build (benchmarks/results/index_11m.json): covers the measured peak, by
+    # less than half again; a 1,350-crop pool needs little more than the base
+    index = json.loads((ROOT / "benchmarks" / "results" / "index_11m.json").read_text())
+    settings = {"nlist": index["nlist"], "rerank_codes": index["rerank_codes"]}
+    estimate = job_memory.index_build_mb(index["n_vectors"], index["dim"], settings, 8192)
+    assert index["peak_rss_gb_after_build"] * 1024 < estimate < 1.5 * index["peak_rss_gb_after_build"] * 1024
+    assert job_memory.index_build_mb(1350, 1280, {}, 4096) < 1600
     # ImageNet's 1.33M images: the logits alone are 5.3 GB, held about three times
     with_logits = job_memory.prediction_mb(1_331_167, 1000, store_logits=True)
     assert with_logits > 8000 + 3 * 5000 and job_memory.prediction_mb(1_331_167, 1000, store_logits=False) < 8000 + 400

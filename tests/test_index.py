@@ -270,6 +270,13 @@ def test_pq_codes_default_to_fast_scan_for_the_rerank_index_and_must_divide_the_
     assert pq_codes("ivf_pq_rerank", 576, IndexParams()) == (96, 4)  # the largest divisor of 576 up to 115
     assert pq_codes("ivf_pq", 1280, IndexParams(pq_m=128, pq_nbits=4)) == (128, 4)
     assert factory_string("ivf_pq_rerank", 11_500_000, IndexParams(nlist=4096), 1280) == "IVF4096_HNSW32,PQ256x4fs,Refine(SQ6)"
+    # the search defaults of each type: the rerank index probes a 32nd of its sqrt(n) lists
+    from conceptscope.index import default_nlist, search_settings
+
+    assert default_nlist(11_500_000, "ivf_pq_rerank") == 4096 and default_nlist(11_500_000) == 16384
+    assert search_settings(IndexParams(), "ivf_pq_rerank", 4096) == (128, 16)
+    assert search_settings(IndexParams(), "ivf_pq_refine", 4096) == (64, 128)
+    assert search_settings(IndexParams(nprobe=32, refine_k_factor=4), "ivf_pq_rerank", 4096) == (32, 4)
     with pytest.raises(ValueError, match="pq_m = 100 must divide the vector dimension 1280"):
         pq_codes("ivf_pq", 1280, IndexParams(pq_m=100))
     with pytest.raises(ValueError, match="pq_nbits = 6"):

@@ -30,14 +30,12 @@ from conceptscope.methods.saliency import (
     rise,
     saliency_mass_in_box,
 )
-from conceptscope.models import IMAGENET_PREPROCESS, build_model, build_transform, get_layer, load_state_dict, weights_file
+from conceptscope.models import IMAGENET_PREPROCESS, build_model, build_transform, get_layer, pretrained_model
 
 
 @pytest.fixture(scope="module")
 def mobilenet():
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    return model.eval()
+    return pretrained_model("mobilenet_v2")
 
 
 @pytest.fixture(scope="module")

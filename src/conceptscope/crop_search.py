@@ -41,7 +41,7 @@ class CropIndex:
         self.image_ids = np.asarray(image_ids)
         self.params = params or IndexParams()
         self.exact_rows = exact_rows
-        set_search_params(index, self.params)
+        self.nprobe, self.k_factor = set_search_params(index, self.params)
 
     @classmethod
     def open(cls, path: str | Path, store: CropStore, params: IndexParams | None = None) -> "CropIndex":
@@ -63,18 +63,18 @@ class CropIndex:
         _, candidates = self.index.search(queries, wide, params=params)
         return exact_rerank(queries, candidates, self.exact_rows, k)
 
-    def _search_parameters(self, allowed: np.ndarray | None):
+    def _search_parameters(self, excluded: np.ndarray | None):
         selector = None
-        if allowed is not None:
-            self._bitmap = np.packbits(allowed, bitorder="little")  # kept alive during the search
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self._bitmap))
+        if excluded is not None:  # packed first, then inverted: 8x fewer bytes to invert
+            self._bitmap = np.invert(np.packbits(excluded, bitorder="little"))  # kept alive during the search
+            selector = faiss.IDSelectorBitmap(len(excluded), faiss.swig_ptr(self._bitmap))
         ivf = faiss.try_extract_index_ivf(self.index)
         if isinstance(faiss.downcast_index(self.index), faiss.IndexRefine):
-            base = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
+            base = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
             self._base_params = base  # the refine parameters do not own it
-            return faiss.IndexRefineSearchParameters(k_factor=self.params.refine_k_factor, base_index_params=base)
+            return faiss.IndexRefineSearchParameters(k_factor=self.k_factor, base_index_params=base)
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
         if getattr(faiss.downcast_index(self.index), "hnsw", None) is not None:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
         return faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -98,21 +98,22 @@ class CropIndex:
         Missing results (fewer admissible crops than m) are row -1, score -inf.
         """
         queries = normalise(np.atleast_2d(queries))
-        allowed = None
+        excluded = None
         if exclude_images is not None:
-            excluded = np.fromiter(exclude_images, dtype=self.image_ids.dtype)
-            if len(excluded):
-                allowed = ~np.isin(self.image_ids, excluded)
+            images = np.fromiter(exclude_images, dtype=self.image_ids.dtype)
+            if len(images):
+                excluded = np.isin(self.image_ids, images)
         if exclude_rows is not None:
             exclude_rows = np.asarray(exclude_rows)
             if exclude_rows.dtype == bool and exclude_rows.shape != self.image_ids.shape:
                 raise ValueError(f"exclude_rows mask has shape {exclude_rows.shape}, the index holds {len(self.image_ids)} crops")
-            if exclude_rows.dtype == bool and allowed is None:
-                allowed = ~exclude_rows if exclude_rows.any() else None  # one pass over the mask
+            if exclude_rows.dtype == bool:
+                if exclude_rows.any():
+                    excluded = exclude_rows if excluded is None else excluded | exclude_rows
             elif len(exclude_rows):
-                allowed = np.ones(len(self.image_ids), bool) if allowed is None else allowed
-                allowed[exclude_rows] = False
-        params = self._search_parameters(allowed)
+                excluded = np.zeros(len(self.image_ids), bool) if excluded is None else excluded
+                excluded[exclude_rows] = True
+        params = self._search_parameters(excluded)
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:  # few queries: spread the probed lists over the threads, not the queries
             ivf.parallel_mode = 1 if len(queries) < faiss.omp_get_max_threads() else 0

@@ -48,13 +48,13 @@ class IndexParams:
     type: str = "auto"
     exact_below: int = 200_000
     nlist: int | None = None
-    nprobe: int = 64
+    nprobe: int | None = None
     pq_m: int | None = None
     pq_nbits: int | None = None
-    refine_k_factor: int = 128
+    refine_k_factor: int | None = None
     rerank_codes: str = "SQ6"
     exact_k_factor: int = 4
-    exact_per_image: int = 2
+    exact_per_image: int = 3
     hnsw_m: int = 32
     coarse: str = "auto"
     ef_search: int = 128
@@ -85,11 +85,26 @@ def store_inner_rows(setting: int | str | None, n_rows: int, params: IndexParams
     return 16 if choose_type(params, n_rows) == "ivf_pq_rerank" else None
 
 
-def default_nlist(n: int) -> int:
-    """About 4 * sqrt(n) inverted lists, a power of two, at least 16 and at most n / 39."""
-    target = 4 * math.sqrt(max(n, 1))
+def default_nlist(n: int, kind: str = "ivf_flat") -> int:
+    """About 4 * sqrt(n) inverted lists (sqrt(n) for ivf_pq_rerank, which probes many of them), a
+    power of two, at least 16 and at most n / 39."""
+    target = (1 if kind == "ivf_pq_rerank" else 4) * math.sqrt(max(n, 1))
     nlist = 2 ** int(round(math.log2(target)))
     return int(max(16, min(nlist, max(16, n // 39))))
+
+
+# ivf_pq_rerank's search defaults, measured at 11.5M crops (benchmarks/results/index_11m.json)
+RERANK_PROBE_SHARE = 32  # nprobe = nlist / 32
+RERANK_K_FACTOR = 16  # PQ candidates per candidate passed to the rerank codes
+
+
+def search_settings(params: IndexParams, kind: str, nlist: int) -> tuple[int, int]:
+    """(nprobe, refine k_factor): the config's, else the defaults of the index type: 64 lists and
+    128 for ivf_pq_refine; nlist / 32 lists and 16 for ivf_pq_rerank, whose fast-scan codes make
+    probing many lists cheap and whose SQ6 codes need few candidates (docs/scale.md)."""
+    rerank = kind == "ivf_pq_rerank"
+    nprobe = params.nprobe or (max(1, nlist // RERANK_PROBE_SHARE) if rerank else 64)
+    return min(nprobe, nlist), params.refine_k_factor or (RERANK_K_FACTOR if rerank else 128)
 
 
 def pq_codes(kind: str, dim: int, params: IndexParams) -> tuple[int, int]:
@@ -116,7 +131,7 @@ def factory_string(kind: str, n: int, params: IndexParams, dim: int) -> str:
     with `coarse: auto`, by an HNSW graph over them (`hnsw`): the centroid scan dominates the
     latency of a single query otherwise.
     """
-    nlist = params.nlist or default_nlist(n)
+    nlist = params.nlist or default_nlist(n, kind)
     coarse = params.coarse if params.coarse != "auto" else ("hnsw" if nlist >= 1024 else "flat")
     ivf = f"IVF{nlist}" + ("_HNSW32" if coarse == "hnsw" else "")
     pq = ""
@@ -157,7 +172,7 @@ def bytes_per_vector(kind: str, dim: int, params: IndexParams) -> float:
 
 def training_rows(params: IndexParams, n: int) -> int:
     """Sample rows that train an IVF index: `train_size`, else 40 a list (faiss's minimum is 39)."""
-    return min(n, params.train_size or 40 * (params.nlist or default_nlist(n)))
+    return min(n, params.train_size or 40 * (params.nlist or default_nlist(n, choose_type(params, n))))
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -249,20 +264,22 @@ def configure_training(index: faiss.Index, params: IndexParams) -> None:
         pq.cp.niter = params.train_iters
 
 
-def set_search_params(index: faiss.Index, params: IndexParams) -> None:
-    """Apply nprobe (IVF) / efSearch (HNSW) / k_factor (refine) to an index."""
+def set_search_params(index: faiss.Index, params: IndexParams) -> tuple[int, int]:
+    """Apply nprobe (IVF) / efSearch (HNSW) / k_factor (refine) to an index; returns (nprobe, k_factor)."""
     ivf = faiss.try_extract_index_ivf(index)
+    nprobe, k_factor = search_settings(params, choose_type(params, index.ntotal), ivf.nlist if ivf is not None else 1)
     if ivf is not None:
-        ivf.nprobe = params.nprobe
+        ivf.nprobe = nprobe
         quantizer = faiss.downcast_index(ivf.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):
-            quantizer.hnsw.efSearch = max(2 * params.nprobe, 64)
+            quantizer.hnsw.efSearch = max(2 * nprobe, 64)
     refine = faiss.downcast_index(index)
     if isinstance(refine, faiss.IndexRefine):
-        refine.k_factor = params.refine_k_factor
+        refine.k_factor = k_factor
     hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
     if hnsw is not None:
         hnsw.efSearch = params.ef_search
+    return nprobe, k_factor
 
 
 def save_index(index: faiss.Index, path: str | Path, info: dict) -> None:

