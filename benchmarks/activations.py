@@ -33,7 +33,7 @@ def setup(n_images: int, workdir: Path):
     from conceptscope.activations import select_images
     from conceptscope.config import resolve_config
     from conceptscope.data import PreparedDataset, prepare_dataset
-    from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import pretrained_model, resolve_preprocess
 
     torch.set_num_threads(2)
     per_class = -(-n_images // 10)
@@ -41,8 +41,7 @@ def setup(n_images: int, workdir: Path):
     prepare_dataset(spec, workdir / "data", "imagenette")
     data = PreparedDataset(workdir / "data")
     rows = select_images(data.split("test")).head(n_images)
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model = pretrained_model("mobilenet_v2")
     return data, rows, model.eval(), resolve_preprocess("mobilenet_v2", {})
 
 

@@ -148,7 +148,7 @@ def main() -> None:
         faithfulness,
         insertion_auc,
     )
-    from conceptscope.models import build_model, load_state_dict, weights_file
+    from conceptscope.models import pretrained_model
     from conceptscope.utils import set_threads
 
     set_threads(2)
@@ -158,9 +158,7 @@ def main() -> None:
     import sklearn.cluster  # noqa: F401
     rise_masks = RISE_MASKS if args.rise_masks is None else args.rise_masks
     steps = FAITHFULNESS_STEPS if args.steps is None else args.steps
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
 
     def comparison() -> dict:
         with tempfile.TemporaryDirectory() as workdir:

@@ -84,14 +84,12 @@ def main() -> None:
     from conceptscope.methods.concept_crops import CropPool, concept_figure, search_pools, stitch_hits
     from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples
     from conceptscope.methods.prediction_test import prediction_test, stitch_transform
-    from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
     from conceptscope.utils import set_threads
 
     set_threads(2)
     data, store = crop_store(GRIDS)
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
     preprocess = resolve_preprocess("mobilenet_v2", {})
     preds = predictions(model, data, preprocess)
     index_path, _ = crop_index(store)

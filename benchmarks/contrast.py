@@ -71,7 +71,7 @@ def class_vectors(n_classes: int, n_images: int) -> dict[int, np.ndarray]:
     from conceptscope.attribution import layer_attribution
     from conceptscope.data import ImageDataset
     from conceptscope.methods.contrast import cutoff_vectors
-    from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
     from tqdm.auto import tqdm
 
     data = tiny_imagenet()
@@ -79,9 +79,7 @@ def class_vectors(n_classes: int, n_images: int) -> dict[int, np.ndarray]:
     classes = sorted(rows["label"].unique())[:n_classes]
     rows = rows[rows["label"].isin(classes)].groupby("label", sort=True, group_keys=False).head(n_images)
     preprocess = resolve_preprocess("mobilenet_v2", {})
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
     dataset = ImageDataset(data, rows, build_transform(preprocess))
     vectors: dict[int, list[np.ndarray]] = {}
     for start in tqdm(range(0, len(dataset), 32), desc="cutoff vectors"):

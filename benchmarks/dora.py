@@ -81,12 +81,10 @@ def baseline_seconds(k: int = 1280, n_images: int = 10_000) -> dict[str, float]:
 
 def sams_seconds(steps: int, reps: int) -> dict[str, float]:
     from conceptscope.methods.feature_vis import synthetic_ams
-    from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import pretrained_model, resolve_preprocess
 
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model = pretrained_model("mobilenet_v2")
     pre = resolve_preprocess("mobilenet_v2", {})
-    model.eval()
     start = time.perf_counter()
     synthetic_ams(model, "features.18", list(range(reps)), n_signals=1, steps=steps, image_shape=(3, 224, 224),
                   mean=pre["mean"], std=pre["std"], batch_size=reps, seed=0, progress=False)

@@ -327,11 +327,9 @@ def flops_per_image() -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from conceptscope.attribution import layer_attribution
-    from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import pretrained_model, resolve_preprocess
 
-    model = build_model(MODEL, 1000, 3)
-    load_state_dict(model, weights_file(MODEL, "packaged"))
-    model.eval()
+    model = pretrained_model(MODEL)
     image = torch.rand(1, 3, 224, 224)
     with FlopCounterMode(display=False) as forward, torch.no_grad():
         model(image)
@@ -364,13 +362,12 @@ def nmf_at_paper_s(n_images: int, threads: int) -> dict:
 
     from conceptscope.data import ImageDataset
     from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples
-    from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
 
     torch.set_num_threads(threads)
     data = tench_dataset()
     rows = data.manifest.head(n_images)
-    model = build_model(MODEL, 1000, 3)
-    load_state_dict(model, weights_file(MODEL, "packaged"))
+    model = pretrained_model(MODEL)
     preprocess = resolve_preprocess(MODEL, {})
     started = time.perf_counter()
     # batches of 8, as the config's (32 would peak at ~14 GB here)

@@ -66,17 +66,14 @@ def main() -> None:
     from tqdm import tqdm
 
     from conceptscope.data import ImageDataset
-    from conceptscope.models import (IMAGENET_MEAN, IMAGENET_STD, build_frame_transform, build_model, load_state_dict,
-                                     resolve_preprocess, weights_file)
+    from conceptscope.models import IMAGENET_MEAN, IMAGENET_STD, build_frame_transform, pretrained_model, resolve_preprocess
 
     torch.set_num_threads(2)
     models, norms, frames = {}, {}, set()
     for run, (arch, overrides) in RUNS.items():
         preprocess = resolve_preprocess(arch, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if overrides == "imagenet" else overrides)
         frames.add((preprocess["channels"], preprocess["resize"], preprocess["input_size"]))
-        model = build_model(arch, 1000, 3)
-        load_state_dict(model, weights_file(arch, "packaged"))
-        models[run] = model.eval()
+        models[run] = pretrained_model(arch)
         norms[run] = [torch.tensor(preprocess[key], dtype=torch.float32).view(1, -1, 1, 1) for key in ("mean", "std")]
     if len(frames) != 1:
         raise SystemExit(f"the runs need different frames {sorted(frames)}; this script decodes each image once for all")

@@ -36,7 +36,7 @@ def crop_store(grids: list[int]):
     from conceptscope.config import resolve_config
     from conceptscope.crops import extract_crop_vectors
     from conceptscope.data import PreparedDataset, prepare_dataset
-    from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import pretrained_model, resolve_preprocess
     from conceptscope.store import CropStore
 
     tag = "grids" + "-".join(map(str, grids))
@@ -47,8 +47,7 @@ def crop_store(grids: list[int]):
     data = PreparedDataset(data_dir)
     if not crops_dir.exists():
         torch.set_num_threads(2)
-        model = build_model("mobilenet_v2", 1000, 3)
-        load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+        model = pretrained_model("mobilenet_v2")
         rows = select_images(data.manifest[data.manifest.split.isin(["train", "test"])])
         start = time.perf_counter()
         extract_crop_vectors(model.eval(), data, rows, [LAYER], resolve_preprocess("mobilenet_v2", {}), crops_dir, mode="cells", grids=grids, dtype="float16", chunk_rows=8192, batch_size=32)

@@ -62,7 +62,7 @@ def tiny_crop_store():
     from conceptscope.config import resolve_config
     from conceptscope.crops import extract_crop_vectors
     from conceptscope.data import PreparedDataset, prepare_dataset
-    from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import pretrained_model, resolve_preprocess
     from conceptscope.store import CropStore
 
     data_dir, crops_dir = CACHE / "tiny", CACHE / "crops-tiny"
@@ -72,8 +72,7 @@ def tiny_crop_store():
     data = PreparedDataset(data_dir)
     if not crops_dir.exists():
         torch.set_num_threads(2)
-        model = build_model("mobilenet_v2", 1000, 3)
-        load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+        model = pretrained_model("mobilenet_v2")
         rows = select_images(data.manifest)
         extract_crop_vectors(model.eval(), data, rows, ["features.18"], resolve_preprocess("mobilenet_v2", {}), crops_dir, mode="cells", grids=GRIDS, dtype="float16", chunk_rows=8192, batch_size=32)
     return data, CropStore(crops_dir / "features.18.zarr")

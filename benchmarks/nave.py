@@ -49,7 +49,7 @@ def main() -> None:
     from conceptscope.config import resolve_config
     from conceptscope.data import ImageDataset, PreparedDataset, prepare_dataset
     from conceptscope.methods.nave import ActivationClustering
-    from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
     from conceptscope.utils import set_threads
 
     set_threads(2)
@@ -59,9 +59,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nave-bench-"))
     data = PreparedDataset(prepare_dataset(spec, tmp / "inet", "inet"))
     preprocess = resolve_preprocess("mobilenet_v2", {})
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
     transform = build_transform(preprocess)
 
     def maps_of(rows, layers=LAYERS, batch=32):

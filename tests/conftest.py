@@ -99,15 +99,13 @@ def photos(tmp_path_factory):
     from conceptscope.activations import LayerRecorder
     from conceptscope.config import resolve_config
     from conceptscope.data import PreparedDataset, prepare_dataset
-    from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+    from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
 
     root = tmp_path_factory.mktemp("photos")
     prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
     data = PreparedDataset(root / "photos")
     preprocess = resolve_preprocess("mobilenet_v2", {})
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
     dataset = data.torch_dataset("test", build_transform(preprocess))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     with torch.no_grad(), LayerRecorder(model, ["features.14", "features.18"]) as recorder:

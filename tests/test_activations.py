@@ -14,7 +14,7 @@ from conceptscope.activations import LayerRecorder, extract_activations, select_
 from conceptscope.config import resolve_config
 from conceptscope.crops import cell_bins, cell_boxes, extract_crop_vectors, view_box
 from conceptscope.data import ImageDataset, PreparedDataset, prepare_dataset
-from conceptscope.models import build_model, build_transform, load_state_dict, resolve_preprocess, weights_file
+from conceptscope.models import build_model, build_transform, pretrained_model, resolve_preprocess
 from conceptscope.store import CropStore, RowStore, RowStoreWriter, StoreError, open_activations
 
 LAYERS = ["features.14", "features.18"]
@@ -29,8 +29,7 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mobilenet():
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model = pretrained_model("mobilenet_v2")
     return model.eval(), resolve_preprocess("mobilenet_v2", {})
 
 

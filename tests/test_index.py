@@ -12,7 +12,7 @@ from conceptscope.crops import extract_crop_vectors
 from conceptscope.data import PreparedDataset, prepare_dataset
 from conceptscope.crop_search import CropIndex, brute_force_search
 from conceptscope.index import IndexParams, build_crop_index, choose_type, index_info, save_index
-from conceptscope.models import build_model, load_state_dict, resolve_preprocess, weights_file
+from conceptscope.models import pretrained_model, resolve_preprocess
 from conceptscope.store import CropStore
 from conceptscope.viz import crop_grid, crop_image, tile_position
 
@@ -23,8 +23,7 @@ def real_crops(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
     prepare_dataset(resolve_config({"datasets": {"p": {"kind": "photos"}}})["datasets"]["p"], root / "photos", "photos")
     data = PreparedDataset(root / "photos")
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model = pretrained_model("mobilenet_v2")
     rows = select_images(data.split("test"))
     paths = extract_crop_vectors(model.eval(), data, rows, ["features.14", "features.18"], resolve_preprocess("mobilenet_v2", {}), root / "crops", mode="cells", grids=[2, 3, 4], chunk_rows=100, progress=False)
     return data, CropStore(paths["features.18"]), CropStore(paths["features.14"])
@@ -193,8 +192,7 @@ def test_pq_with_refinement_respects_filters_and_reranks_near_exactly(real_crops
 def sharded_crops(real_crops, tmp_path_factory):
     """The same crops written sharded in 4-row inner chunks: uncompressed and zstd."""
     data = real_crops[0]
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
+    model = pretrained_model("mobilenet_v2")
     rows = select_images(data.split("test"))
     stores = {}
     for compression in ("none", "zstd"):

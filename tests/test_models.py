@@ -14,6 +14,7 @@ from conceptscope.models import (
     get_layer,
     load_model,
     load_state_dict,
+    pretrained_model,
     resolve_preprocess,
     save_model,
     weights_file,
@@ -51,9 +52,7 @@ def test_packaged_mobilenet_classifies_real_photos():
     import importlib.util
     from pathlib import Path
 
-    model = build_model("mobilenet_v2", 1000, 3)
-    load_state_dict(model, weights_file("mobilenet_v2", "packaged"))
-    model.eval()
+    model = pretrained_model("mobilenet_v2")
     transform = build_transform(resolve_preprocess("mobilenet_v2", {}))
     folder = Path(list(importlib.util.find_spec("foolbox").submodule_search_locations)[0]) / "data"
     files = sorted(folder.glob("imagenet_0[0-4]_*.jpg"))
