@@ -4,6 +4,7 @@
 #   snakemake --cores all --configfile configs/test.yaml
 #   snakemake --profile profiles/slurm            # the same workflow on a SLURM cluster
 #   snakemake --report report.html                # after a run: one self-contained HTML report
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from conceptscope.config import COMBINED_ONLY, ConfigError, resolve_config  # noqa: E402
+from conceptscope.utils import MALLOC_ENVIRONMENT  # noqa: E402
+
+# jobs keep freed memory for reuse instead of faulting in fresh pages for every batch
+# (conceptscope.utils.keep_freed_memory); settings already in the environment win
+for name, value in MALLOC_ENVIRONMENT.items():
+    os.environ.setdefault(name, value)
 
 # config.yaml is the default; a --configfile given on the command line replaces it entirely
 if not workflow.overwrite_configfiles:

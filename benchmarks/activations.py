@@ -34,8 +34,9 @@ def setup(n_images: int, workdir: Path):
     from conceptscope.config import resolve_config
     from conceptscope.data import PreparedDataset, prepare_dataset
     from conceptscope.models import pretrained_model, resolve_preprocess
+    from conceptscope.utils import configure_process
 
-    torch.set_num_threads(2)
+    configure_process(2)  # as a pipeline job: 2 threads, freed memory kept for reuse
     per_class = -(-n_images // 10)
     spec = resolve_config({"datasets": {"i": {"kind": "imagefolder", "root": str(IMAGENETTE), "train_dir": None, "test_dir": "val", "label_map": "imagenet", "max_per_class": per_class}}})["datasets"]["i"]
     prepare_dataset(spec, workdir / "data", "imagenette")

@@ -149,9 +149,9 @@ def main() -> None:
         insertion_auc,
     )
     from conceptscope.models import pretrained_model
-    from conceptscope.utils import set_threads
+    from conceptscope.utils import configure_process
 
-    set_threads(2)
+    configure_process(2)
     torch.manual_seed(0)
     # imported before the clock starts: one-off import time is not per-image cost
     import captum.attr  # noqa: F401

@@ -85,9 +85,9 @@ def main() -> None:
     from conceptscope.methods.concepts import ConceptExtractor, attribution_weighted_vectors, iter_class_samples
     from conceptscope.methods.prediction_test import prediction_test, stitch_transform
     from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
-    from conceptscope.utils import set_threads
+    from conceptscope.utils import configure_process
 
-    set_threads(2)
+    configure_process(2)
     data, store = crop_store(GRIDS)
     model = pretrained_model("mobilenet_v2")
     preprocess = resolve_preprocess("mobilenet_v2", {})

@@ -108,9 +108,9 @@ def main() -> None:
     parser.add_argument("--sams-steps", type=int, default=20, help="optimisation steps timed")
     parser.add_argument("--sams-reps", type=int, default=8, help="representations optimised together")
     args = parser.parse_args()
-    from conceptscope.utils import set_threads
+    from conceptscope.utils import configure_process
 
-    set_threads(2)
+    configure_process(2)
     torch.manual_seed(0)
     figures = {"ea_n_seconds_k1280_n10000": round(ea_n_seconds(1280), 2), "ea_n_seconds_k2048_n10000": round(ea_n_seconds(2048), 2)}
     loop, vector, diff = loop_vs_vectorised()

@@ -50,9 +50,9 @@ def main() -> None:
     from conceptscope.data import ImageDataset, PreparedDataset, prepare_dataset
     from conceptscope.methods.nave import ActivationClustering
     from conceptscope.models import build_transform, pretrained_model, resolve_preprocess
-    from conceptscope.utils import set_threads
+    from conceptscope.utils import configure_process
 
-    set_threads(2)
+    configure_process(2)
     torch.manual_seed(0)
     spec = resolve_config({"datasets": {"inet": {"kind": "imagefolder", "root": str(ROOT.parent / "shared" / "data" / "imagenette"),
                                                  "train_dir": "train", "test_dir": "val", "label_map": "imagenet"}}})["datasets"]["inet"]

@@ -11,15 +11,15 @@ if not sys.stderr.isatty():  # progress bars into log files: one update every 30
 
 
 def setup(snakemake) -> logging.Logger:
-    """Send log records and warnings to the rule's log file (and stderr); limit torch threads."""
+    """Send log records and warnings to the rule's log file (and stderr); limit threads, keep freed memory."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     logging.captureWarnings(True)
-    from conceptscope.utils import set_threads
+    from conceptscope.utils import configure_process
 
-    set_threads(snakemake.threads)
+    configure_process(snakemake.threads)
     return logging.getLogger(f"conceptscope.{snakemake.rule}")
 
 

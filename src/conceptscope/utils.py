@@ -58,6 +58,45 @@ def set_threads(threads: int | None) -> None:
             torch.set_num_threads(max(1, int(threads)))
 
 
+# glibc mallopt() parameters (malloc.h), and the same settings as environment variables for new
+# processes, where the trim threshold is not capped at 2 GiB as mallopt()'s int argument is
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+MALLOC_ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+_ENVIRONMENT_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    torch's CPU allocator takes every tensor from malloc, and glibc serves blocks above its mmap
+    threshold (32 MiB at most) with fresh mmap()ed pages that the kernel zeroes page by page on first
+    touch and takes back on free. Every batch then faults its activations in again: a 128-image
+    MobileNetV2 forward pass at 224 px takes 3 million page faults (benchmarks/results/allocator.json).
+    With mmap off (M_MMAP_MAX = 0) and the heap not trimmed, the next batch reuses the last one's
+    pages; the process keeps its peak memory until it exits, which a job's `mem_mb` provides for.
+
+    Set here, in a running process, the trim threshold is capped at 2 GiB, so a pass that frees more
+    still returns memory; the workflow therefore also puts MALLOC_ENVIRONMENT into its jobs'
+    environment (Snakefile), where no cap applies. Returns whether the setting was made: not off
+    glibc, nor when the environment sets malloc's tunables itself.
+    """
+    if sys.platform != "linux" or any(name in os.environ for name in _ENVIRONMENT_SETTINGS):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def configure_process(threads: int | None) -> None:
+    """A compute job's process settings: the scheduler's thread count, and freed memory kept for reuse."""
+    keep_freed_memory()
+    set_threads(threads)
+
+
 def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 

@@ -1,0 +1,147 @@
+"""Keep the real-data run's paper tables in the repository, with where each one came from.
+
+    .venv/bin/snakemake results-real/tables/concepts_prediction_test.csv --configfile configs/real-data.yaml --cores all
+    .venv/bin/python benchmarks/real_data_tables.py collect [TABLE ...]   # copy the run's tables
+    .venv/bin/python benchmarks/real_data_tables.py findings             # print our side of docs/evaluation.md
+
+`collect` copies each named table (default: each of TABLES the run has written) from
+`results-real/tables/` to `benchmarks/results/real-data/tables/` and records in `provenance.json`,
+per table: the commit of the code, whether the code or the config had uncommitted changes, the
+sha256 of the config, the command that makes the table, the UTC time and the rows. It refuses a
+table written before the last commit that touched the code or the config (a table from older code).
+
+`findings` reads the kept tables and prints, per paper finding, our figures as markdown rows (the
+"ours" column of docs/evaluation.md); a table not kept yet prints as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/real-data.yaml"
+KEPT = ROOT / "benchmarks" / "results" / "real-data" / "tables"
+# the paper tables of issue #29's evaluation; the run writes them to <results>/tables/
+TABLES = (
+    "concepts_prediction_test.csv",
+    "contrast_shifting_test.csv",
+    "cladec_layers.csv",
+    "cladec_alpha.csv",
+    "nave_object_extraction.csv",
+    "dora_mantel.csv",
+    "dora_anomaly.csv",
+    "cluscam_faithfulness.csv",
+)
+CODE = ("src", "rules", "workflow_scripts", "Snakefile", "schemas", CONFIG)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def code_state() -> dict:
+    dirty = git("status", "--porcelain", "--", *CODE)
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "code_or_config_uncommitted": bool(dirty),
+        "config_sha256": hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest(),
+        "last_code_commit_time": int(git("log", "-1", "--format=%ct", "--", *CODE)),
+    }
+
+
+def collect(names: list[str], results: Path) -> None:
+    state = code_state()
+    provenance_file = KEPT / "provenance.json"
+    provenance = json.loads(provenance_file.read_text()) if provenance_file.exists() else {}
+    KEPT.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = results / "tables" / name
+        if not source.exists():
+            print(f"{name}: not in {source.parent} (run: .venv/bin/snakemake {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source} "
+                  f"--configfile {CONFIG} --cores all)", file=sys.stderr)
+            continue
+        if source.stat().st_mtime < state["last_code_commit_time"]:
+            sys.exit(f"{name}: written before the last commit that changed {', '.join(CODE)}; rerun its target first")
+        shutil.copyfile(source, KEPT / name)
+        provenance[name] = {
+            "commit": state["commit"],
+            "code_or_config_uncommitted": state["code_or_config_uncommitted"],
+            "config": CONFIG,
+            "config_sha256": state["config_sha256"],
+            "command": f".venv/bin/snakemake results-real/tables/{name} --configfile {CONFIG} --cores all",
+            "table_written_utc": datetime.fromtimestamp(source.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
+            "rows": len(pd.read_csv(source)),
+        }
+        print(f"{name}: {provenance[name]['rows']} rows kept")
+    provenance_file.write_text(json.dumps(dict(sorted(provenance.items())), indent=2) + "\n")
+
+
+def kept(name: str) -> pd.DataFrame | None:
+    path = KEPT / name
+    return pd.read_csv(path) if path.exists() else None
+
+
+def concepts_findings() -> list[str]:
+    table = kept("concepts_prediction_test.csv")
+    if table is None:
+        return ["prediction test: concepts_prediction_test.csv not kept yet"]
+    lines = ["| model | dataset | layer | classes | n | allowing target crops: % / avg pred | excluding them: % / avg pred |", "|---|---|---|---|---|---|---|"]
+    figure = table[table["n_concepts"] == 4]
+    for (model, dataset, layer), part in figure.groupby(["model", "dataset", "layer"], sort=False):
+        cells = {}
+        for exclude, row in part.set_index("exclude_target").iterrows():
+            cells[bool(exclude)] = f"{row['pct_target']:.1f} % / {row['avg_pred']:.3f}"
+        lines.append(f"| {model} | {dataset} | {layer} | {int(part['n_classes'].iloc[0])} | 4 | {cells.get(False, '-')} | {cells.get(True, '-')} |")
+    return lines
+
+
+def contrast_findings() -> list[str]:
+    table = kept("contrast_shifting_test.csv")
+    if table is None:
+        return ["shifting test: contrast_shifting_test.csv not kept yet"]
+    lines = ["| model | layer | default pred | shifted pred | pairs |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        lines.append(f"| {row.model} | {row.layer} | {row.default_pred_mean:.3f} | {row.shifted_pred_mean:.3f} | {row.n_pairs} |")
+    return lines
+
+
+FINDINGS = {"(1)-(2) concepts prediction test by layer": concepts_findings, "(3) shifting test": contrast_findings}
+
+
+def findings() -> None:
+    for title, make in FINDINGS.items():
+        print(f"### {title}\n")
+        print("\n".join(make()) + "\n")
+    missing = [name for name in TABLES if not (KEPT / name).exists()]
+    if missing:
+        print("not kept yet: " + ", ".join(missing))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    take = sub.add_parser("collect", help="copy the run's tables into benchmarks/results/real-data/tables/")
+    take.add_argument("tables", nargs="*", help=f"table file names (default: {', '.join(TABLES)})")
+    take.add_argument("--results", type=Path, default=ROOT / "results-real", help="the run's results folder")
+    sub.add_parser("findings", help="print our figures per paper finding from the kept tables")
+    args = parser.parse_args()
+    if args.command == "collect":
+        unknown = [name for name in args.tables if name not in TABLES]
+        if unknown:
+            parser.error(f"unknown table(s) {unknown}; expected some of {list(TABLES)}")
+        collect(args.tables or list(TABLES), args.results)
+    else:
+        findings()
+
+
+if __name__ == "__main__":
+    main()
