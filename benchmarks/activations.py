@@ -28,8 +28,6 @@ LAYERS = ["features.14", "features.18"]
 
 
 def setup(n_images: int, workdir: Path):
-    import torch
-
     from conceptscope.activations import select_images
     from conceptscope.config import resolve_config
     from conceptscope.data import PreparedDataset, prepare_dataset

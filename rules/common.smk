@@ -163,7 +163,7 @@ def crop_store_settings(dataset):
 
 
 def crop_settings():
-    keys = ("crop_pools", "top_m", "one_per_image", "stitch_size", "max_figures", "n_concepts", "sweep")
+    keys = ("crop_pools", "top_m", "one_per_image", "exclude_images", "stitch_size", "max_figures", "n_concepts", "sweep")
     return {key: config["concepts"][key] for key in keys}
 
 

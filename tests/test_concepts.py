@@ -307,7 +307,9 @@ def test_the_stricter_variant_excludes_crops_the_model_sees_as_the_class_when_st
         strict = search_pools([pool], vectors[row], m=3, exclude_target=target, stitched=stitched)
         assert row not in strict.rows and (strict.rows >= 0).all()
         records = hit_records([pool], strict, stitched)
-        assert (records["stitched_pred"] != target).all() and (records["crop_pred"] != target).all() and (records["image_pred"] != target).all()
+        assert (records["stitched_pred"] != target).all() and (records["crop_pred"] != target).all()
+        whole = hit_records([pool], search_pools([pool], vectors[row], m=3, exclude_target=target, exclude_images=True, stitched=stitched), stitched)
+        assert (whole["image_pred"] != target).all() and (whole["stitched_pred"] != target).all()
         np.testing.assert_array_equal(records["stitched_pred"], shown[records["row"]])
         assert prediction_test(model, transform, stitch_hits([pool], strict, 74), target).predicted[0] != target
     # without exclusion the classifier only records; crops are classified once (cached)

@@ -10,9 +10,10 @@ Writes into the output directory:
                       argmax class, and whether it is the class
   figures/<class>.png the concepts of the figure's n, allowed and excluded panels (Figures 5-8)
 
-The excluded variant drops every crop whose image, or the crop itself as retrieved or as stitched,
-the model predicts as the class (`search_pools` with a `StitchedCropClassifier`): the one-concept
-stitched image is then never predicted as the class, as the paper's Figure 4 says.
+The excluded variant drops every crop the model predicts as the class, as retrieved or as stitched
+(`search_pools` with a `StitchedCropClassifier`; with `concepts.exclude_images` also every crop of
+an image predicted as it): the one-concept stitched image is then never predicted as the class, as
+the paper's Figure 4 says.
 
 Contrast concepts (components.npz with `against`: why A rather than B, paper Sec. 5.1.2) run
 through the same steps, per [A, B] row: the tables gain `against` and `against_prob` (the stitched
@@ -75,7 +76,8 @@ with atomic_path(out) as tmp:
                 continue
             panels = {}
             for variant, exclude in variants.items():
-                hits = search_pools(pools, vectors, opts["top_m"], exclude_target=target if exclude else None, one_per_image=opts["one_per_image"], stitched=stitched)
+                hits = search_pools(pools, vectors, opts["top_m"], exclude_target=target if exclude else None, exclude_images=opts["exclude_images"],
+                                    one_per_image=opts["one_per_image"], stitched=stitched)
                 panels[variant] = hits
                 frame = hit_records(pools, hits, stitched)
                 crops.append(frame.assign(**{"class": target, **pair, "n_concepts": n, "variant": variant}))

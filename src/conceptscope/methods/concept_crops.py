@@ -11,12 +11,14 @@ A"; the paper has one crop geometry, so that the stitched image of a single conc
 is "never predicted as the target class" by construction (Sec. 4.3, Figure 4). Here a crop has two:
 in `crops` mode its vector and stored prediction come from the crop resized to the model's input
 size (as retrieved), while the test sees it at the stitched size. The stricter variant excludes a
-crop when the model predicts A for its image, for the crop as retrieved (`crop_pred`, `crops` mode),
-or, given a `StitchedCropClassifier`, for the crop as it appears in the stitched image: cut and
-resized exactly as `stitch_hits` pastes it and fed alone, i.e. the one-concept test image itself
-(`stitched_pred`). The first two filters run inside the index search; the stitched-image check
+crop when the model predicts A for the crop as retrieved (`crop_pred`, `crops` mode) or, given a
+`StitchedCropClassifier`, for the crop as it appears in the stitched image: cut and resized exactly
+as `stitch_hits` pastes it and fed alone, i.e. the one-concept test image itself (`stitched_pred`).
+With `exclude_images` it also excludes every crop of an image predicted as A (the wording of the
+paper's Figures 22-26 captions, "excluding images where the model predicts" A; Table 2 and Sec. 4.3
+exclude crops). The store-known filters run inside the index search; the stitched-image check
 classifies only the crops that come up among the hits, and the search repeats without those
-predicted as A until the top m are admissible. `hit_records` records both crop predictions.
+predicted as A until the top m are admissible. `hit_records` records the three predictions.
 
     pools = [CropPool.open("imagenette", data_dir, crops_dir, index_path, predictions, "features.18")]
     stitched = StitchedCropClassifier(model, stitch_transform(preprocess), size=74)
@@ -115,12 +117,15 @@ class CropPool:
             self._watermarks = self.data.manifest.set_index("image_id")[WATERMARK_COLUMNS]
         return self._watermarks.loc[np.asarray(image_ids)].to_numpy()
 
-    def excluded(self, target: int) -> np.ndarray:
+    def excluded(self, target: int, images: bool = False) -> np.ndarray:
         """Mask of the crops the stricter test may not use for `target`, known without running the
-        model: image predicted as it, or (`crops` mode) the crop as retrieved predicted as it."""
-        mask = self.image_pred == target
+        model: (`crops` mode) the crop as retrieved predicted as it, and with `images` every crop of
+        an image predicted as it."""
+        mask = np.zeros(len(self.image_ids), dtype=bool)
         if self.crop_pred is not None:
             mask |= self.crop_pred == target
+        if images:
+            mask |= self.image_pred == target
         return mask
 
 
@@ -179,22 +184,24 @@ def search_pools(
     m: int = 8,
     *,
     exclude_target: int | None = None,
+    exclude_images: bool = False,
     one_per_image: bool = False,
     stitched: StitchedCropClassifier | None = None,
 ) -> CropHits:
     """The m crops most similar to each query over all pools (merged by cosine similarity).
 
-    `exclude_target`: the stricter variant, no crop from an image predicted as that class and no
-    crop predicted as it as retrieved (`CropPool.excluded`); with `stitched`, also no crop predicted
-    as it as it appears in the stitched test image (the search repeats without such crops until the
-    top m of each pool are admissible). `stitched` acts only with `exclude_target`.
+    `exclude_target`: the stricter variant (paper Table 2), no crop predicted as that class as
+    retrieved (`CropPool.excluded`) and, with `stitched`, none predicted as it as it appears in the
+    stitched test image (the search repeats without such crops until the top m of each pool are
+    admissible); `exclude_images` also drops every crop of an image predicted as the class.
+    `stitched` and `exclude_images` act only with `exclude_target`.
     """
     if not pools:
         raise ValueError("no crop pool to search")
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     pool_ids, rows, scores = [], [], []
     for i, pool in enumerate(pools):
-        exclude = pool.excluded(exclude_target) if exclude_target is not None else None
+        exclude = pool.excluded(exclude_target, exclude_images) if exclude_target is not None else None
         while True:
             s, r = pool.index.search(queries, m, exclude_rows=exclude, one_per_image=one_per_image)
             if exclude is None or stitched is None:
