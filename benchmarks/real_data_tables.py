@@ -42,6 +42,9 @@ TABLES = (
     "cluscam_faithfulness.csv",
 )
 CODE = ("src", "rules", "workflow_scripts", "Snakefile", "schemas", CONFIG)
+# kept beside concepts_prediction_test.csv: the test per class at the figure's n, with the model's
+# top-1 accuracy on the class's images (what the test can expect of the data)
+CLASSES_TABLE = "concepts_prediction_test_classes.csv"
 
 
 def git(*args: str) -> str:
@@ -82,7 +85,28 @@ def collect(names: list[str], results: Path) -> None:
             "rows": len(pd.read_csv(source)),
         }
         print(f"{name}: {provenance[name]['rows']} rows kept")
+        if name == "concepts_prediction_test.csv":
+            classes = per_class_tests(source, results)
+            classes.to_csv(KEPT / CLASSES_TABLE, index=False)
+            provenance[CLASSES_TABLE] = {**provenance[name], "rows": len(classes), "made_from": name}
     provenance_file.write_text(json.dumps(dict(sorted(provenance.items())), indent=2) + "\n")
+
+
+def per_class_tests(table_file: Path, results: Path, n_concepts: int = 4) -> pd.DataFrame:
+    """Per model x dataset x layer x class x variant at `n_concepts`: the stitched image's softmax of
+    the class, whether it is the argmax, and the model's top-1 accuracy on the class's labelled
+    images of the dataset (all splits)."""
+    jobs = pd.read_csv(table_file)[["model", "dataset", "layer"]].drop_duplicates()
+    parts = []
+    for job in jobs.itertuples(index=False):
+        tests = pd.read_csv(results / "concepts" / job.dataset / job.model / job.layer / "crops" / "prediction_test.csv")
+        tests = tests[tests["n_concepts"] == n_concepts]
+        predictions = pd.read_parquet(results / "predictions" / job.dataset / f"{job.model}.parquet", columns=["label", "pred"])
+        accuracy = (predictions["pred"] == predictions["label"]).groupby(predictions["label"]).mean().rename("class_top1")
+        tests = tests.merge(accuracy, left_on="class", right_index=True, how="left")
+        parts.append(tests.assign(model=job.model, dataset=job.dataset, layer=job.layer))
+    columns = ["model", "dataset", "layer", "class", "n_concepts", "exclude_target", "target_prob", "predicted", "predicts_target", "status", "class_top1"]
+    return pd.concat(parts)[columns]
 
 
 def kept(name: str) -> pd.DataFrame | None:
@@ -101,6 +125,15 @@ def concepts_findings() -> list[str]:
         for exclude, row in part.set_index("exclude_target").iterrows():
             cells[bool(exclude)] = f"{row['pct_target']:.1f} % / {row['avg_pred']:.3f}"
         lines.append(f"| {model} | {dataset} | {layer} | {int(part['n_classes'].iloc[0])} | 4 | {cells.get(False, '-')} | {cells.get(True, '-')} |")
+    classes = kept(CLASSES_TABLE)
+    if classes is None:
+        return lines
+    lines += ["", "By the model's top-1 accuracy on the class's images (n = 4; classes without concepts count as failures):", "",
+              "| model | dataset | layer | class top-1 | classes | allowing: % | excluding: % |", "|---|---|---|---|---|---|---|"]
+    bins = pd.cut(classes["class_top1"], [-0.01, 0.25, 0.5, 1.0], labels=["0-25 %", "25-50 %", "50-100 %"])
+    for (model, dataset, layer, band), part in classes.groupby(["model", "dataset", "layer", bins], sort=False, observed=True):
+        rate = part.groupby("exclude_target")["predicts_target"].mean() * 100
+        lines.append(f"| {model} | {dataset} | {layer} | {band} | {part['class'].nunique()} | {rate.get(False, float('nan')):.1f} | {rate.get(True, float('nan')):.1f} |")
     return lines
 
 
