@@ -130,8 +130,8 @@ def concepts_findings() -> list[str]:
         return lines
     lines += ["", "By the model's top-1 accuracy on the class's images (n = 4; classes without concepts count as failures):", "",
               "| model | dataset | layer | class top-1 | classes | allowing: % | excluding: % |", "|---|---|---|---|---|---|---|"]
-    bins = pd.cut(classes["class_top1"], [-0.01, 0.25, 0.5, 1.0], labels=["0-25 %", "25-50 %", "50-100 %"])
-    for (model, dataset, layer, band), part in classes.groupby(["model", "dataset", "layer", bins], sort=False, observed=True):
+    classes["band"] = pd.cut(classes["class_top1"], [-0.01, 0.25, 0.5, 1.0], labels=["0-25 %", "25-50 %", "50-100 %"])
+    for (model, dataset, layer, band), part in classes.groupby(["model", "dataset", "layer", "band"], observed=True):
         rate = part.groupby("exclude_target")["predicts_target"].mean() * 100
         lines.append(f"| {model} | {dataset} | {layer} | {band} | {part['class'].nunique()} | {rate.get(False, float('nan')):.1f} | {rate.get(True, float('nan')):.1f} |")
     return lines
