@@ -45,6 +45,7 @@ CODE = ("src", "rules", "workflow_scripts", "Snakefile", "schemas", CONFIG)
 # kept beside concepts_prediction_test.csv: the test per class at the figure's n, with the model's
 # top-1 accuracy on the class's images (what the test can expect of the data)
 CLASSES_TABLE = "concepts_prediction_test_classes.csv"
+FIGURE_N = 4  # the n of the paper's Tables 1-2 (`concepts.n_concepts` of configs/real-data.yaml)
 
 
 def git(*args: str) -> str:
@@ -72,31 +73,33 @@ def collect(names: list[str], results: Path) -> None:
             print(f"{name}: not in {source.parent} (run: .venv/bin/snakemake {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source} "
                   f"--configfile {CONFIG} --cores all)", file=sys.stderr)
             continue
-        if source.stat().st_mtime < state["last_code_commit_time"]:
+        written = source.stat().st_mtime
+        if written < state["last_code_commit_time"]:
             sys.exit(f"{name}: written before the last commit that changed {', '.join(CODE)}; rerun its target first")
         shutil.copyfile(source, KEPT / name)
+        table = pd.read_csv(source)
         provenance[name] = {
             "commit": state["commit"],
             "code_or_config_uncommitted": state["code_or_config_uncommitted"],
             "config": CONFIG,
             "config_sha256": state["config_sha256"],
             "command": f".venv/bin/snakemake results-real/tables/{name} --configfile {CONFIG} --cores all",
-            "table_written_utc": datetime.fromtimestamp(source.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
-            "rows": len(pd.read_csv(source)),
+            "table_written_utc": datetime.fromtimestamp(written, timezone.utc).isoformat(timespec="seconds"),
+            "rows": len(table),
         }
         print(f"{name}: {provenance[name]['rows']} rows kept")
         if name == "concepts_prediction_test.csv":
-            classes = per_class_tests(source, results)
+            classes = per_class_tests(table, results)
             classes.to_csv(KEPT / CLASSES_TABLE, index=False)
             provenance[CLASSES_TABLE] = {**provenance[name], "rows": len(classes), "made_from": name}
     provenance_file.write_text(json.dumps(dict(sorted(provenance.items())), indent=2) + "\n")
 
 
-def per_class_tests(table_file: Path, results: Path, n_concepts: int = 4) -> pd.DataFrame:
+def per_class_tests(table: pd.DataFrame, results: Path, n_concepts: int = FIGURE_N) -> pd.DataFrame:
     """Per model x dataset x layer x class x variant at `n_concepts`: the stitched image's softmax of
     the class, whether it is the argmax, and the model's top-1 accuracy on the class's labelled
     images of the dataset (all splits)."""
-    jobs = pd.read_csv(table_file)[["model", "dataset", "layer"]].drop_duplicates()
+    jobs = table[["model", "dataset", "layer"]].drop_duplicates()
     parts = []
     for job in jobs.itertuples(index=False):
         tests = pd.read_csv(results / "concepts" / job.dataset / job.model / job.layer / "crops" / "prediction_test.csv")
@@ -119,16 +122,16 @@ def concepts_findings() -> list[str]:
     if table is None:
         return ["prediction test: concepts_prediction_test.csv not kept yet"]
     lines = ["| model | dataset | layer | classes | n | allowing target crops: % / avg pred | excluding them: % / avg pred |", "|---|---|---|---|---|---|---|"]
-    figure = table[table["n_concepts"] == 4]
+    figure = table[table["n_concepts"] == FIGURE_N]
     for (model, dataset, layer), part in figure.groupby(["model", "dataset", "layer"], sort=False):
         cells = {}
         for exclude, row in part.set_index("exclude_target").iterrows():
             cells[bool(exclude)] = f"{row['pct_target']:.1f} % / {row['avg_pred']:.3f}"
-        lines.append(f"| {model} | {dataset} | {layer} | {int(part['n_classes'].iloc[0])} | 4 | {cells.get(False, '-')} | {cells.get(True, '-')} |")
+        lines.append(f"| {model} | {dataset} | {layer} | {int(part['n_classes'].iloc[0])} | {FIGURE_N} | {cells.get(False, '-')} | {cells.get(True, '-')} |")
     classes = kept(CLASSES_TABLE)
     if classes is None:
         return lines
-    lines += ["", "By the model's top-1 accuracy on the class's images (n = 4; classes without concepts count as failures):", "",
+    lines += ["", f"By the model's top-1 accuracy on the class's images (n = {FIGURE_N}; classes without concepts count as failures):", "",
               "| model | dataset | layer | class top-1 | classes | allowing: % | excluding: % |", "|---|---|---|---|---|---|---|"]
     classes["band"] = pd.cut(classes["class_top1"], [-0.01, 0.25, 0.5, 1.0], labels=["0-25 %", "25-50 %", "50-100 %"])
     for (model, dataset, layer, band), part in classes.groupby(["model", "dataset", "layer", "band"], observed=True):
