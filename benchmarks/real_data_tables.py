@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/real_data_tables.py collect [TABLE ...]   # copy the run's tables
     .venv/bin/python benchmarks/real_data_tables.py findings             # print our side of docs/evaluation.md
 
-`collect` copies each named table (default: each of TABLES the run has written) from
+`collect` copies each named table (default: each of TABLES and SHORTCUT_TABLES the run has written) from
 `results-real/tables/` to `benchmarks/results/real-data/tables/` and records in `provenance.json`,
 per table: the commit of the code, whether the code or the config had uncommitted changes, the
 sha256 of the config, the command that makes the table, the UTC time and the rows. It refuses a
@@ -41,6 +41,9 @@ TABLES = (
     "dora_anomaly.csv",
     "cluscam_faithfulness.csv",
 )
+# kept beside them: what each method's real-data study says about the planted shortcut (the digits
+# with a watermark on the training 0s: the shortcut-trained models against their clean twins)
+SHORTCUT_TABLES = ("nave_watermark.csv", "dora_probing.csv", "cladec_watermark.csv", "cluscam_watermark.csv")
 CODE = ("src", "rules", "workflow_scripts", "Snakefile", "schemas", CONFIG)
 # kept beside concepts_prediction_test.csv: the test per class at the figure's n, with the model's
 # top-1 accuracy on the class's images (what the test can expect of the data)
@@ -150,7 +153,98 @@ def contrast_findings() -> list[str]:
     return lines
 
 
-FINDINGS = {"(1)-(2) concepts prediction test by layer": concepts_findings, "(3) shifting test": contrast_findings}
+def markdown(frame: pd.DataFrame, digits: int = 3) -> list[str]:
+    """A data frame as markdown table rows (floats rounded to `digits`)."""
+    cells = frame.map(lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    return ["| " + " | ".join(map(str, cells.columns)) + " |", "|" + "---|" * len(cells.columns),
+            *("| " + " | ".join(row) + " |" for row in cells.itertuples(index=False))]
+
+
+def not_kept(name: str) -> list[str]:
+    return [f"{name} not kept yet"]
+
+
+def cladec_findings() -> list[str]:
+    layers, alphas = kept("cladec_layers.csv"), kept("cladec_alpha.csv")
+    lines = not_kept("cladec_layers.csv") if layers is None else markdown(
+        layers[["model", "layer", "rec_cladec", "rec_refae", "delta_rec", "acc_cladec", "acc_refae", "delta_acc", "classifier_acc", "eval_epochs"]])
+    lines.append("")
+    lines += not_kept("cladec_alpha.csv") if alphas is None else markdown(alphas[["model", "layer", "alpha", "rec", "classifier_loss", "acc_cladec"]])
+    return lines
+
+
+def nave_findings() -> list[str]:
+    """Object extraction on the boxed images at the figures' K (the baselines at the same segment
+    count), AP@50 per box strategy; then the watermark coverage of the shortcut and clean twins."""
+    table = kept("nave_object_extraction.csv")
+    if table is None:
+        return not_kept("nave_object_extraction.csv")
+    k = int(table.loc[table["method"] == "nave", "k"].iloc[0])
+    at_k = table[(table["k"] == k) | table["k"].isna()].assign(clustering=lambda f: f["clustering"].fillna("-"))
+    pivot = at_k.pivot_table(index=["dataset", "model", "layers", "method", "clustering"], columns="strategy", values="ap50", sort=False)
+    lines = [f"AP@50 at K = {k}:", "", *markdown(pivot.reset_index())]
+    watermark = kept("nave_watermark.csv")
+    if watermark is not None and len(watermark):
+        lines += ["", "Watermark covered by a segment (watermarked digit test images):", "",
+                  *markdown(watermark[watermark["k"] == k][["model", "layers", "method", "clustering", "strategy", "covered_rate", "n_images"]])]
+    return lines
+
+
+def dora_findings() -> list[str]:
+    """Mantel r averaged over the WordNet baselines (the paper's Table 1 cell); the anomaly AUC per
+    distance and detector (Table 3); the best watermark probes and where the detectors rank them."""
+    mantel, anomaly, probing = kept("dora_mantel.csv"), kept("dora_anomaly.csv"), kept("dora_probing.csv")
+    lines = []
+    if mantel is None:
+        lines += not_kept("dora_mantel.csv")
+    else:
+        mantel = mantel.assign(column=mantel["distance"] + mantel["mode"].fillna("").map(lambda m: f" {m}" if m else ""))
+        cells = mantel.groupby(["model", "column"], sort=False).agg(r=("mantel_r", "mean"), p=("p_value", "max"), k=("n_representations", "first"))
+        lines += ["Mantel r (mean over the WordNet baselines; largest p):", "",
+                  *markdown(cells["r"].unstack("column").reset_index())]
+        lines.append(f"largest p: {cells['p'].max():.4f}; representations: {sorted(cells['k'].unique().tolist())}")
+    lines.append("")
+    if anomaly is None:
+        lines += not_kept("dora_anomaly.csv")
+    else:
+        anomaly = anomaly.assign(distance=anomaly["distance"] + anomaly["mode"].fillna("").map(lambda m: f" {m}" if m else ""))
+        pivot = anomaly.pivot_table(index=["model", "distance"], columns="detector", values="auc", sort=False)
+        pivot["mean"] = pivot.mean(axis=1)
+        lines += ["Anomaly AUC of the 10 digit logits:", "", *markdown(pivot.reset_index())]
+    if probing is not None and len(probing):
+        best = probing[probing["auc_rank"] == 1]
+        lines += ["", "The best watermark probe of each model and its outlier rank:", "",
+                  *markdown(best[["model", "layer", "name", "probing_auc", "distance", "mode", "detector", "outlier_rank", "flagged"]].fillna("-"))]
+    return lines
+
+
+def cluscam_findings() -> list[str]:
+    """Faithfulness per method on the images every method ran on (subset `costly`), with each
+    method's rank per metric; then the saliency mass in the watermark box."""
+    table = kept("cluscam_faithfulness.csv")
+    if table is None:
+        return not_kept("cluscam_faithfulness.csv")
+    better = {"deletion_auc": True, "insertion_auc": False, "average_drop": True, "increase_in_confidence": False}
+    lines = []
+    for subset in ("costly", "main"):
+        part = table[table["subset"] == subset].copy()
+        if not len(part):
+            continue
+        groups = part.groupby(["model", "dataset", "layer"], sort=False)
+        for metric, ascending in better.items():
+            part[f"{metric}_rank"] = groups[metric].rank(ascending=ascending, method="min").astype(int)
+        part["mean_rank"] = part[[f"{m}_rank" for m in better]].mean(axis=1)
+        lines += [f"subset `{subset}`:", "", *markdown(part[["model", "dataset", "method", "images", *better, "mean_rank"]]), ""]
+    watermark = kept("cluscam_watermark.csv")
+    if watermark is not None and len(watermark):
+        lines += ["Saliency mass in the watermark box over the box's share of the frame (watermarked digits):", "",
+                  *markdown(watermark[["model", "method", "images", "mass_in_box", "box_fraction", "ratio"]])]
+    return lines
+
+
+FINDINGS = {"(1)-(2) concepts prediction test by layer": concepts_findings, "(3) shifting test": contrast_findings,
+            "(4)-(5) ClaDec layers and alpha": cladec_findings, "(6) NAVE object extraction": nave_findings,
+            "(7)-(8) DORA Mantel test and anomalies": dora_findings, "(9) ClusCAM faithfulness": cluscam_findings}
 
 
 def findings() -> None:
@@ -166,15 +260,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     take = sub.add_parser("collect", help="copy the run's tables into benchmarks/results/real-data/tables/")
-    take.add_argument("tables", nargs="*", help=f"table file names (default: {', '.join(TABLES)})")
+    take.add_argument("tables", nargs="*", help=f"table file names (default: {', '.join(TABLES + SHORTCUT_TABLES)})")
     take.add_argument("--results", type=Path, default=ROOT / "results-real", help="the run's results folder")
     sub.add_parser("findings", help="print our figures per paper finding from the kept tables")
     args = parser.parse_args()
     if args.command == "collect":
-        unknown = [name for name in args.tables if name not in TABLES]
+        unknown = [name for name in args.tables if name not in TABLES + SHORTCUT_TABLES]
         if unknown:
-            parser.error(f"unknown table(s) {unknown}; expected some of {list(TABLES)}")
-        collect(args.tables or list(TABLES), args.results)
+            parser.error(f"unknown table(s) {unknown}; expected some of {list(TABLES + SHORTCUT_TABLES)}")
+        collect(args.tables or list(TABLES + SHORTCUT_TABLES), args.results)
     else:
         findings()
 
