@@ -174,19 +174,31 @@ def cladec_findings() -> list[str]:
 
 
 def nave_findings() -> list[str]:
-    """Object extraction on the boxed images at the figures' K (the baselines at the same segment
-    count), AP@50 per box strategy; then the watermark coverage of the shortcut and clean twins."""
+    """Object extraction on the boxed images with the paper's settings (per image, k-means at the
+    figures' K; the baselines at the same segment count) and the class-wide clustering: AP@50 per
+    box strategy over all images and over the small objects; then the watermark coverage of the
+    shortcut and clean twins."""
     table = kept("nave_object_extraction.csv")
     if table is None:
         return not_kept("nave_object_extraction.csv")
     k = int(table.loc[table["method"] == "nave", "k"].iloc[0])
-    at_k = table[(table["k"] == k) | table["k"].isna()].assign(clustering=lambda f: f["clustering"].fillna("-"))
-    pivot = at_k.pivot_table(index=["dataset", "model", "layers", "method", "clustering"], columns="strategy", values="ap50", sort=False)
-    lines = [f"AP@50 at K = {k}:", "", *markdown(pivot.reset_index())]
+    paper = ((table["method"] == "nave") & (table["clustering"] == "kmeans") & (table["k"] == k)) | (table["method"] == "nave_classwide")
+    baselines = table["method"].isin(["slic", "felzenszwalb"]) & ((table["k"] == k) | table["k"].isna())
+    rows = table[paper | baselines].assign(layers=lambda f: f["layers"].fillna("-"), model=lambda f: f["model"].where(paper, "-"),
+                                           method=lambda f: f["method"] + " K=" + f["k"].map(lambda v: "-" if pd.isna(v) else str(int(v))))
+    rows = rows.drop_duplicates(["dataset", "model", "layers", "method", "strategy"])
+    pivot = rows.pivot_table(index=["dataset", "model", "layers", "method"], columns="strategy", values=["ap50", "ap50_small_objects"], sort=False)
+    pivot.columns = [f"{strategy} {'small objects' if value != 'ap50' else 'all'}" for value, strategy in pivot.columns]
+    small = rows.groupby("dataset")["n_small_objects"].max().to_dict()
+    images = rows.groupby("dataset")["n_images"].max().to_dict()
+    lines = [f"AP@50 (images with boxes: {images}; small objects: {small}):", "", *markdown(pivot.reset_index())]
     watermark = kept("nave_watermark.csv")
     if watermark is not None and len(watermark):
-        lines += ["", "Watermark covered by a segment (watermarked digit test images):", "",
-                  *markdown(watermark[watermark["k"] == k][["model", "layers", "method", "clustering", "strategy", "covered_rate", "n_images"]])]
+        watermark = watermark[((watermark["method"] == "nave") & (watermark["k"] == k)) | (watermark["method"] == "nave_classwide")]
+        watermark = watermark.assign(method=watermark["method"] + " K=" + watermark["k"].astype(int).astype(str) + " (" + watermark["n_images"].astype(str) + " images)")
+        pivot = watermark.pivot_table(index=["model", "layers", "method", "clustering"], columns="strategy", values="covered_rate", sort=False)
+        lines += ["", "Share of the watermarked digit test images on which a NAVE segment covers the watermark (IoU > 0.5):", "",
+                  *markdown(pivot.reset_index())]
     return lines
 
 
