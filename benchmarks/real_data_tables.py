@@ -225,8 +225,12 @@ def dora_findings() -> list[str]:
         lines += ["Anomaly AUC of the 10 digit logits:", "", *markdown(pivot.reset_index())]
     if probing is not None and len(probing):
         best = probing[probing["auc_rank"] == 1]
-        lines += ["", "The best watermark probe of each model and its outlier rank:", "",
-                  *markdown(best[["model", "layer", "name", "probing_auc", "distance", "mode", "detector", "outlier_rank", "flagged"]].fillna("-"))]
+        best = best.assign(probe=best["name"] + " (AUC " + best["probing_auc"].round(3).astype(str) + ")",
+                           distance=best["distance"] + best["mode"].fillna("").map(lambda m: f" {m}" if m else "")
+                           + " (of " + best["n_representations"].astype(str) + ")")
+        pivot = best.pivot_table(index=["model", "probe", "distance"], columns="detector", values="outlier_rank", sort=False)
+        lines += ["", "The outlier rank (1 = most outlying, of the representations the distance covers) of each model's best watermark probe:", "",
+                  *markdown(pivot.astype(int).reset_index())]
     return lines
 
 
