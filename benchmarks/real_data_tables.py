@@ -170,6 +170,11 @@ def cladec_findings() -> list[str]:
         layers[["model", "layer", "rec_cladec", "rec_refae", "delta_rec", "acc_cladec", "acc_refae", "delta_acc", "classifier_acc", "eval_epochs"]])
     lines.append("")
     lines += not_kept("cladec_alpha.csv") if alphas is None else markdown(alphas[["model", "layer", "alpha", "rec", "classifier_loss", "acc_cladec"]])
+    watermark = kept("cladec_watermark.csv")
+    if watermark is not None and len(watermark):
+        pivot = watermark.pivot_table(index=["layer", "variant"], columns="model", values="watermark_kept", sort=False)
+        lines += ["", "Share of the planted watermark the reconstructions keep (watermarked test images), per model:", "",
+                  *markdown(pivot.reset_index())]
     return lines
 
 
