@@ -16,8 +16,10 @@ def test_repeated_passes_reuse_freed_memory():
     default = run("default", BATCH, PASSES)
     kept = run("in_process", BATCH, PASSES)
     environment = run("environment", BATCH, PASSES)
-    # glibc's default: every pass faults its activations in again (about as many as the first pass)
-    assert min(default["faults"][2:]) > 0.5 * default["faults"][0], default
+    # glibc's default: every pass faults activations in again. How many depends on the CPU's kernels
+    # (which buffers cross glibc's adaptive mmap threshold): from a third of the first pass's pages
+    # to about as many
+    assert min(default["faults"][2:]) > 0.2 * default["faults"][0], default
     # kept: once the first passes have grown the heap, passes take (almost) no new pages; the heap
     # may still grow now and then (glibc splits aligned blocks), so the passes are judged together
     assert kept["made"] is True
