@@ -51,6 +51,12 @@ def test_front_page_leads_with_the_verdict_by_method_and_one_figure_per_method(t
     table = verdict_by_method(summary).set_index("method")["a_shortcut"]
     assert table.to_dict() == {"prediction (ground truth)": "detected", "Grad-CAM": "detected", "RISE": "not detected (1 measure)"}
     assert list(table.index) == ["prediction (ground truth)", "Grad-CAM", "RISE"]  # the ground truth first
+    # a measure without a clean twin value is neither detected nor missed: it is named apart
+    unpaired = summary.assign(verdict=summary["verdict"].where(summary["method"] != "rise", "no clean twin value"))
+    assert verdict_by_method(unpaired).set_index("method").loc["RISE", "a_shortcut"] == "no clean twin value (1 measure)"
+    unpaired = pd.concat([summary, unpaired[unpaired["method"] == "rise"]])
+    assert verdict_by_method(unpaired).set_index("method").loc["RISE", "a_shortcut"] == \
+        "not detected (1 measure); no clean twin value (1 measure)"
     # a concepts crop folder: the figure of the shortcut class is chosen over the others
     crops = tmp_path / "crops" / "figures"
     crops.mkdir(parents=True)

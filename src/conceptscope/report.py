@@ -282,11 +282,17 @@ METHOD_NAMES = {"prediction": "prediction (ground truth)", "concepts": "class co
 
 def verdict_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per method, one column per shortcut model: 'detected' (every measure), 'detected by k
-    of n measures' or 'not detected (n measures)'; empty where the model does not run the method."""
+    of n measures' or 'not detected (n measures)' over the measures with a clean twin value, the
+    others counted apart ('no clean twin value'); empty where the model does not run the method."""
     rows = {}
     for (method, model), part in summary.groupby(["method", "model"], sort=False):
-        k, n = int((part["verdict"] == "detected").sum()), len(part)
-        cell = "detected" if k == n else f"detected by {k} of {n} measures" if k else f"not detected ({n} measure{'s' * (n > 1)})"
+        missing = int((part["verdict"] == "no clean twin value").sum())
+        k, n = int((part["verdict"] == "detected").sum()), len(part) - missing
+        plural = "s" * (n > 1)
+        cell = ("" if not n else "detected" if k == n else f"detected by {k} of {n} measures" if k
+                else f"not detected ({n} measure{plural})")
+        if missing:
+            cell += f"{'; ' * bool(cell)}no clean twin value ({missing} measure{'s' * (missing > 1)})"
         rows.setdefault(METHOD_NAMES.get(method, method), {})[model] = cell
     order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # the ground truth first, then method by method
     frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
