@@ -49,6 +49,9 @@ CODE = ("src", "rules", "workflow_scripts", "Snakefile", "schemas", CONFIG)
 # top-1 accuracy on the class's images (what the test can expect of the data)
 CLASSES_TABLE = "concepts_prediction_test_classes.csv"
 FIGURE_N = 4  # the n of the paper's Tables 1-2 (`concepts.n_concepts` of configs/real-data.yaml)
+# kept beside cluscam_faithfulness.csv: ClusCAM minus each baseline, image by image on the images both ran on
+PAIRED_TABLE = "cluscam_paired.csv"
+FAITHFULNESS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 
 
 def git(*args: str) -> str:
@@ -95,7 +98,31 @@ def collect(names: list[str], results: Path) -> None:
             classes = per_class_tests(table, results)
             classes.to_csv(KEPT / CLASSES_TABLE, index=False)
             provenance[CLASSES_TABLE] = {**provenance[name], "rows": len(classes), "made_from": name}
+        if name == "cluscam_faithfulness.csv":
+            paired = cluscam_paired(table, results)
+            paired.to_csv(KEPT / PAIRED_TABLE, index=False)
+            provenance[PAIRED_TABLE] = {**provenance[name], "rows": len(paired), "made_from": name}
     provenance_file.write_text(json.dumps(dict(sorted(provenance.items())), indent=2) + "\n")
+
+
+def cluscam_paired(table: pd.DataFrame, results: Path) -> pd.DataFrame:
+    """Per model x dataset x layer x baseline x metric: the mean of ClusCAM's value minus the
+    baseline's over the images both methods ran on, its standard error and the number of images
+    (a paired comparison: the images' own difficulty cancels)."""
+    rows = []
+    for job in table[["model", "dataset", "layer"]].drop_duplicates().itertuples(index=False):
+        folder = results / "cluscam" / job.dataset / job.model / job.layer
+        ours = pd.read_csv(folder / "cluscam" / "per_image.csv").set_index("image_id")
+        for baseline in table.loc[(table["model"] == job.model) & (table["dataset"] == job.dataset), "method"].unique():
+            if baseline == "cluscam":
+                continue
+            other = pd.read_csv(folder / baseline / "per_image.csv").set_index("image_id")
+            both = ours.index.intersection(other.index)
+            for metric in FAITHFULNESS:
+                difference = ours.loc[both, metric] - other.loc[both, metric]
+                rows.append({**job._asdict(), "baseline": baseline, "metric": metric, "images": len(both),
+                             "cluscam_minus_baseline": difference.mean(), "sem": difference.sem()})
+    return pd.DataFrame(rows)
 
 
 def per_class_tests(table: pd.DataFrame, results: Path, n_concepts: int = FIGURE_N) -> pd.DataFrame:
@@ -256,6 +283,13 @@ def cluscam_findings() -> list[str]:
             part[f"{metric}_rank"] = groups[metric].rank(ascending=ascending, method="min").astype(int)
         part["mean_rank"] = part[[f"{m}_rank" for m in better]].mean(axis=1)
         lines += [f"subset `{subset}`:", "", *markdown(part[["model", "dataset", "method", "images", *better, "mean_rank"]]), ""]
+    paired = kept(PAIRED_TABLE)
+    if paired is not None:
+        wide = paired.assign(value=[f"{d:+.3f} ± {e:.3f}" for d, e in zip(paired["cluscam_minus_baseline"], paired["sem"])])
+        wide = wide.pivot(index=["model", "dataset", "baseline", "images"], columns="metric", values="value")
+        lines += ["ClusCAM minus each baseline, image by image (mean ± standard error; lower deletion and average",
+                  "drop, higher insertion and increase in confidence are better for ClusCAM):", "",
+                  *markdown(wide.reset_index()[["model", "dataset", "baseline", "images", *FAITHFULNESS]]), ""]
     watermark = kept("cluscam_watermark.csv")
     if watermark is not None and len(watermark):
         lines += ["Saliency mass in the watermark box over the box's share of the frame (watermarked digits):", "",
