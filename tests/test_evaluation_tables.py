@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "benchmarks" / "results" / "real-data" / "tables"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from real_data_tables import CLASSES_TABLE, SHORTCUT_TABLES, TABLES  # noqa: E402
+from real_data_tables import CLASSES_TABLE, PAIRED_TABLE, SHORTCUT_TABLES, TABLES  # noqa: E402
 
 REAL_MODELS = {"mobilenet_v2", "efficientnet_lite0"}
 
@@ -24,7 +24,7 @@ def kept_tables() -> list[str]:
 def test_every_kept_table_has_its_provenance():
     provenance = json.loads((KEPT / "provenance.json").read_text())
     assert kept_tables(), "no real-data table is kept"
-    assert set(kept_tables()) <= {*TABLES, *SHORTCUT_TABLES, CLASSES_TABLE}
+    assert set(kept_tables()) <= {*TABLES, *SHORTCUT_TABLES, CLASSES_TABLE, PAIRED_TABLE}
     for name in kept_tables():
         record = provenance[name]
         made_from = record.get("made_from", name)
@@ -58,3 +58,16 @@ def test_findings_print_from_the_kept_tables():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_data_tables.py"), "findings"], capture_output=True, text=True, check=True).stdout
     for name in kept_tables():
         assert f"{name} not kept yet" not in out
+
+
+def test_cluscam_paired_differences_follow_the_means():
+    """On the images every method ran on, the paired mean difference is the difference of the means."""
+    if not (KEPT / PAIRED_TABLE).exists():
+        pytest.skip(f"{PAIRED_TABLE} not kept")
+    paired = pd.read_csv(KEPT / PAIRED_TABLE)
+    means = pd.read_csv(KEPT / "cluscam_faithfulness.csv").set_index(["model", "dataset", "subset", "method"])
+    assert set(paired["baseline"]) == {"gradcam", "scorecam", "ablationcam", "rise", "occlusion"}
+    for row in paired.itertuples(index=False):
+        subset = "main" if row.images == means.loc[(row.model, row.dataset, "main", "cluscam"), "images"] else "costly"
+        expected = means.loc[(row.model, row.dataset, subset, "cluscam"), row.metric] - means.loc[(row.model, row.dataset, subset, row.baseline), row.metric]
+        assert abs(row.cluscam_minus_baseline - expected) < 1e-9, row
