@@ -51,7 +51,8 @@ CLASSES_TABLE = "concepts_prediction_test_classes.csv"
 FIGURE_N = 4  # the n of the paper's Tables 1-2 (`concepts.n_concepts` of configs/real-data.yaml)
 # kept beside cluscam_faithfulness.csv: ClusCAM minus each baseline, image by image on the images both ran on
 PAIRED_TABLE = "cluscam_paired.csv"
-FAITHFULNESS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
+# the faithfulness metrics, each with whether a lower value is better
+FAITHFULNESS = {"deletion_auc": True, "insertion_auc": False, "average_drop": True, "increase_in_confidence": False}
 
 
 def git(*args: str) -> str:
@@ -113,7 +114,8 @@ def cluscam_paired(table: pd.DataFrame, results: Path) -> pd.DataFrame:
     for job in table[["model", "dataset", "layer"]].drop_duplicates().itertuples(index=False):
         folder = results / "cluscam" / job.dataset / job.model / job.layer
         ours = pd.read_csv(folder / "cluscam" / "per_image.csv").set_index("image_id")
-        for baseline in table.loc[(table["model"] == job.model) & (table["dataset"] == job.dataset), "method"].unique():
+        same_job = (table["model"] == job.model) & (table["dataset"] == job.dataset) & (table["layer"] == job.layer)
+        for baseline in table.loc[same_job, "method"].unique():
             if baseline == "cluscam":
                 continue
             other = pd.read_csv(folder / baseline / "per_image.csv").set_index("image_id")
@@ -272,17 +274,16 @@ def cluscam_findings() -> list[str]:
     table = kept("cluscam_faithfulness.csv")
     if table is None:
         return not_kept("cluscam_faithfulness.csv")
-    better = {"deletion_auc": True, "insertion_auc": False, "average_drop": True, "increase_in_confidence": False}
     lines = []
     for subset in ("costly", "main"):
         part = table[table["subset"] == subset].copy()
         if not len(part):
             continue
         groups = part.groupby(["model", "dataset", "layer"], sort=False)
-        for metric, ascending in better.items():
+        for metric, ascending in FAITHFULNESS.items():
             part[f"{metric}_rank"] = groups[metric].rank(ascending=ascending, method="min").astype(int)
-        part["mean_rank"] = part[[f"{m}_rank" for m in better]].mean(axis=1)
-        lines += [f"subset `{subset}`:", "", *markdown(part[["model", "dataset", "method", "images", *better, "mean_rank"]]), ""]
+        part["mean_rank"] = part[[f"{m}_rank" for m in FAITHFULNESS]].mean(axis=1)
+        lines += [f"subset `{subset}`:", "", *markdown(part[["model", "dataset", "method", "images", *FAITHFULNESS, "mean_rank"]]), ""]
     paired = kept(PAIRED_TABLE)
     if paired is not None:
         wide = paired.assign(value=[f"{d:+.3f} ± {e:.3f}" for d, e in zip(paired["cluscam_minus_baseline"], paired["sem"])])

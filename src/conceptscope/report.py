@@ -68,12 +68,15 @@ def noise_floor(clean: float, chance: float, n: float) -> float:
     return clean + VERDICT_SIGMAS * (rate * (1 - rate) / n) ** 0.5
 
 
+NO_CLEAN_VALUE = "no clean twin value"  # the verdict of a measure whose shortcut or clean-twin value is missing
+
+
 def verdict(shortcut: float, clean: float, chance: float, n: float) -> str:
     """'detected' when the shortcut model's excess over chance is at least VERDICT_RATIO times the
     clean twin's (the clean twin's taken as 0 when below chance) and its value is above the noise
     floor; 'not detected' otherwise; 'no clean twin value' when either value is missing."""
     if shortcut != shortcut or clean != clean:
-        return "no clean twin value"
+        return NO_CLEAN_VALUE
     ratio_holds = shortcut - chance >= VERDICT_RATIO * max(clean - chance, 0.0) and shortcut > chance
     return "detected" if ratio_holds and shortcut > noise_floor(clean, chance, n) else "not detected"
 
@@ -284,15 +287,16 @@ def verdict_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per method, one column per shortcut model: 'detected' (every measure), 'detected by k
     of n measures' or 'not detected (n measures)' over the measures with a clean twin value, the
     others counted apart ('no clean twin value'); empty where the model does not run the method."""
+    def measures(count: int) -> str:
+        return f"{count} measure{'s' * (count > 1)}"
+
     rows = {}
     for (method, model), part in summary.groupby(["method", "model"], sort=False):
-        missing = int((part["verdict"] == "no clean twin value").sum())
+        missing = int((part["verdict"] == NO_CLEAN_VALUE).sum())
         k, n = int((part["verdict"] == "detected").sum()), len(part) - missing
-        plural = "s" * (n > 1)
-        cell = ("" if not n else "detected" if k == n else f"detected by {k} of {n} measures" if k
-                else f"not detected ({n} measure{plural})")
-        if missing:
-            cell += f"{'; ' * bool(cell)}no clean twin value ({missing} measure{'s' * (missing > 1)})"
+        parts = [] if not n else ["detected" if k == n else f"detected by {k} of {measures(n)}" if k else f"not detected ({measures(n)})"]
+        parts += [f"{NO_CLEAN_VALUE} ({measures(missing)})"] * bool(missing)
+        cell = "; ".join(parts)
         rows.setdefault(METHOD_NAMES.get(method, method), {})[model] = cell
     order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # the ground truth first, then method by method
     frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
